@@ -1,0 +1,22 @@
+"""Semantic Anchor Regularization (SAR) for mmsegmentation.
+
+``import sar`` registers ``SARHead`` and ``SemanticAnchorLoss`` into mmseg's
+registries (configs: ``custom_imports = dict(imports=['sar'])``) and applies
+the torch 2.x compatibility shims of :mod:`sar.compat`. Without mmseg
+installed only the plain-torch core, :mod:`sar.core`, is available.
+"""
+import importlib.util
+
+from . import core
+from .version import __version__
+
+__all__ = ['core', '__version__']
+
+if importlib.util.find_spec('mmseg') is not None:
+    from . import compat
+
+    compat.check_versions()
+    compat.apply()
+    from .models import SARHead, SemanticAnchorLoss  # noqa: E402,F401
+
+    __all__ += ['SARHead', 'SemanticAnchorLoss']

@@ -1,0 +1,138 @@
+"""Version checks and torch 2.x compatibility shims, applied on ``import sar``.
+
+mmcv-full 1.7 and mmseg 0.30 predate torch 2. Each shim below names the
+change it answers; each is idempotent and has a test that fails without it
+(tests/test_compat.py). Nothing here changes behaviour on a setup where the
+original code already works (CUDA device present, old torch).
+"""
+import functools
+import warnings
+
+import torch
+
+from .version import SUPPORTED
+
+INSTALL_HINT = ('make install (or tools/setup_env.sh) builds a supported '
+                'environment: torch 2.14.1, mmcv-full 1.7.2 from source, '
+                'mmsegmentation 0.30.0')
+
+
+def _version_tuple(text):
+    parts = []
+    for piece in text.split('+')[0].split('.'):
+        digits = ''.join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_versions():
+    """Fail with the supported ranges and the fix when a version is off."""
+    import mmcv
+    import mmseg
+    found = {'torch': torch.__version__, 'mmcv': mmcv.__version__,
+             'mmseg': mmseg.__version__}
+    bad = []
+    for name, (low, high) in SUPPORTED.items():
+        v = _version_tuple(found[name])
+        if not _version_tuple(low) <= v < _version_tuple(high):
+            bad.append(f'{name}=={found[name]} (supported: >={low}, <{high})')
+    if bad:
+        raise ImportError('sar: unsupported ' + ', '.join(bad) + '. ' +
+                          INSTALL_HINT)
+    try:
+        from mmcv.ops import nms  # noqa: F401  (needs the compiled ops)
+    except (ImportError, ModuleNotFoundError) as err:
+        raise ImportError(
+            'sar: mmcv is installed without its compiled ops (mmcv-full is '
+            f'needed; mmcv/mmcv-lite will not do): {err}. ' + INSTALL_HINT
+        ) from err
+
+
+# --------------------------------------------------------------------------
+# Shim 1: CPU distributed init.
+# mmcv's _init_dist_pytorch calls torch.cuda.set_device(rank % num_gpus),
+# which divides by zero without a GPU, and configs ask for the NCCL backend,
+# which needs CUDA. Without CUDA we skip the device pinning and use gloo.
+def _patch_init_dist():
+    from mmcv.runner import dist_utils
+    original = dist_utils._init_dist_pytorch
+    if getattr(original, '_sar_patched', False):
+        return
+
+    @functools.wraps(original)
+    def init_dist_pytorch(backend, **kwargs):
+        if torch.cuda.is_available():
+            return original(backend, **kwargs)
+        if backend != 'gloo':
+            warnings.warn(f'sar: no CUDA device, using the gloo backend '
+                          f'instead of {backend!r}')
+        torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+    init_dist_pytorch._sar_patched = True
+    dist_utils._init_dist_pytorch = init_dist_pytorch
+
+
+# --------------------------------------------------------------------------
+# Shim 2: DDP on CPU.
+# mmseg 0.30's build_ddp asserts a CUDA/MLU device, and mmcv's
+# MMDistributedDataParallel only unpacks DataContainers when it has device
+# ids. On CPU we revert SyncBN (it refuses CPU tensors under a process group)
+# and scatter the batch to the CPU before the usual DDP step.
+def _cpu_ddp_class():
+    from mmcv.parallel import MMDistributedDataParallel
+    from mmcv.parallel.scatter_gather import scatter_kwargs
+
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """MMDistributedDataParallel for CPU processes (gloo)."""
+
+        def _to_cpu(self, inputs, kwargs):
+            inputs, kwargs = scatter_kwargs(inputs, kwargs, [-1], dim=self.dim)
+            return inputs[0], kwargs[0]
+
+        def train_step(self, *inputs, **kwargs):
+            inputs, kwargs = self._to_cpu(inputs, kwargs)
+            return super().train_step(*inputs, **kwargs)
+
+        def val_step(self, *inputs, **kwargs):
+            inputs, kwargs = self._to_cpu(inputs, kwargs)
+            return super().val_step(*inputs, **kwargs)
+
+        def forward(self, *inputs, **kwargs):
+            inputs, kwargs = self._to_cpu(inputs, kwargs)
+            return super().forward(*inputs, **kwargs)
+
+    return CPUDistributedDataParallel
+
+
+def build_ddp(model, device='cuda', *args, **kwargs):
+    """mmseg's ``build_ddp`` plus a CPU branch (gloo, SyncBN reverted)."""
+    if device != 'cpu':
+        return _ORIGINALS['build_ddp'](model, device, *args, **kwargs)
+    from mmcv.cnn.utils import revert_sync_batchnorm
+    kwargs.pop('device_ids', None)
+    kwargs.pop('output_device', None)
+    return _cpu_ddp_class()(revert_sync_batchnorm(model), *args, **kwargs)
+
+
+_ORIGINALS = {}
+
+
+def _patch_build_ddp():
+    import mmseg.apis.train
+    import mmseg.utils
+    import mmseg.utils.util_distribution
+    if 'build_ddp' in _ORIGINALS:
+        return
+    _ORIGINALS['build_ddp'] = mmseg.utils.util_distribution.build_ddp
+    for module in (mmseg.utils, mmseg.utils.util_distribution,
+                   mmseg.apis.train):
+        module.build_ddp = build_ddp
+
+
+def apply():
+    """Apply every shim (idempotent)."""
+    _patch_init_dist()
+    _patch_build_ddp()
+

@@ -1,0 +1,33 @@
+"""Cross-process agreement on the anchor state (plain torch).
+
+DDP averages gradients but not buffers (mmseg wraps models with
+``broadcast_buffers=False``), so the gate decision and the EMA anchors are
+reduced here. Both are no-ops without an initialised process group.
+"""
+import torch
+import torch.distributed as dist
+
+
+def _world():
+    return dist.is_available() and dist.is_initialized() and \
+        dist.get_world_size() > 1
+
+
+def all_gate(gate):
+    """True on every rank only if the gate is open on every rank.
+
+    Shape: gate bool () -> bool ().
+    """
+    if not _world():
+        return gate
+    flag = gate.to(torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.bool()
+
+
+def mean_across_ranks(tensor):
+    """Average ``tensor`` over all ranks, in place; returns it."""
+    if _world():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(dist.get_world_size())
+    return tensor

@@ -1,0 +1,204 @@
+"""Semantic Anchor Regularization as pure functions (plain torch, no mmseg).
+
+Reference: Ge et al., "Beyond Prototypes: Semantic Anchor Regularization for
+Better Representation Learning", AAAI 2024, arXiv:2312.11872.
+
+Shape shorthand, used in every docstring below:
+    B: batch, C: classes (one anchor each), D: feature channels,
+    h x w: spatial size of the decode feature map.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+ANCHOR_INITS = ('gaussian', 'orthogonal', 'etf')
+DISTANCES = ('mse', 'cosine')
+
+
+def init_anchors(num_classes, dim, method='gaussian', generator=None):
+    """Pre-defined anchors ``A0``, one per class (the paper's random centers).
+
+    Args:
+        num_classes (int): C.
+        dim (int): D.
+        method (str): 'gaussian' draws N(0, 1) entries as the paper does;
+            'orthogonal' gives mutually orthogonal rows (needs C <= D);
+            'etf' gives a simplex equiangular tight frame, every pair at
+            cosine -1/(C-1) (needs C <= D). The last two are scaled to row
+            norm sqrt(D), the expected norm of a Gaussian anchor.
+        generator (torch.Generator, optional): source of randomness; the
+            global one by default, so the global seed decides the anchors.
+
+    Shape:
+        returns (C, D) float32.
+    """
+    if method not in ANCHOR_INITS:
+        raise ValueError(f'anchor_init must be one of {ANCHOR_INITS}, '
+                         f'got {method!r}')
+    gauss = torch.randn(num_classes, dim, generator=generator)
+    if method == 'gaussian':
+        return gauss
+    if num_classes > dim:
+        raise ValueError(
+            f'anchor_init={method!r} needs at least as many feature channels '
+            f'as classes (got C={num_classes} > D={dim}); use '
+            f"anchor_init='gaussian'")
+    # Orthonormal rows from the QR decomposition of a Gaussian matrix.
+    q, r = torch.linalg.qr(gauss.t())  # q (D, C)
+    q = q * torch.sign(torch.diagonal(r))  # make the decomposition unique
+    rows = q.t()
+    if method == 'etf':
+        centred = rows - rows.mean(dim=0, keepdim=True)
+        rows = centred * math.sqrt(num_classes / max(num_classes - 1, 1))
+    return rows * math.sqrt(dim)
+
+
+def anchor_ce(logits, filter_conf=0.9, detach_weights=False):
+    """Classifier-aware auxiliary cross-entropy of the embedded anchors (Eq. 5).
+
+    Anchor i is classified against label i. Anchors whose own-class
+    probability already exceeds ``filter_conf`` get weight 0; the others are
+    weighted ``w_i = log p_i / sum_j log p_j`` over the unfiltered j, so hard
+    anchors weigh more and the weights sum to one.
+
+    Args:
+        logits (Tensor): classifier output for the embedded anchors.
+        filter_conf (float): the paper's ``filter_conf``.
+        detach_weights (bool): stop the gradient through ``w``; the authors'
+            release lets it flow (False).
+
+    Shape:
+        logits (C, C) -> loss () and per-anchor CE (C,).
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_prob = F.log_softmax(logits.to(dtype), dim=1)
+    own = torch.diagonal(log_prob)  # log p_i, (C,)
+    ce = -own
+    keep = own.exp() <= filter_conf
+    weights = torch.where(keep, own, torch.zeros_like(own))
+    if detach_weights:
+        weights = weights.detach()
+    # Sum of log-probabilities is negative whenever something is kept; when
+    # nothing is, every weight is 0 and the loss is an exact 0 with a graph.
+    norm = weights.sum()
+    norm = torch.where(keep.any(), norm, torch.ones_like(norm))
+    return (weights / norm * ce).sum(), ce
+
+
+def gate_open(logits, ce, update_conf=0.8):
+    """Whether the embedded anchors may update the semantic anchors (Eq. 6).
+
+    Open when every anchor is classified as its own class and every CE is
+    below ``-log(update_conf)``.
+
+    Shape:
+        logits (C, C), ce (C,) -> bool tensor ().
+    """
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    correct = (logits.argmax(dim=1) == labels).all()
+    confident = (ce < -math.log(update_conf)).all()
+    return correct & confident
+
+
+def ema_update(semantic, embedded, initialised, gate, momentum=0.999):
+    """Gated EMA of the semantic anchors, without a host synchronisation.
+
+    The first open gate copies ``embedded``; later ones follow
+    ``S = m * S + (1 - m) * E`` (Eq. 7). A closed gate changes nothing.
+
+    Args:
+        semantic (Tensor): S, the semantic anchors, updated in place.
+        embedded (Tensor): E, the embedded anchors (detached by the caller).
+        initialised (Tensor): bool (), whether S holds a value; updated in place.
+        gate (Tensor): bool (), see :func:`gate_open`.
+        momentum (float): the paper's m.
+
+    Shape:
+        semantic (C, D), embedded (C, D).
+    """
+    embedded = embedded.to(semantic.dtype)
+    followed = torch.lerp(semantic, embedded, 1.0 - momentum)
+    target = torch.where(initialised, followed, embedded)
+    semantic.copy_(torch.where(gate, target, semantic))
+    initialised.logical_or_(gate)
+
+
+class _MSEPull(torch.autograd.Function):
+    """sum over valid pixels of ||f - S[y]||^2, saving nothing feature-sized.
+
+    The plain autograd version keeps the (B, D, h, w) difference alive until
+    backward; this one recomputes it per image in backward instead.
+    """
+
+    @staticmethod
+    def forward(ctx, feats, labels, valid, anchors):
+        # Half-precision features are accumulated in float32.
+        total = feats.new_zeros((), dtype=anchors.dtype)
+        for f, y, m in zip(feats, labels, valid):
+            diff = F.embedding(y, anchors).permute(2, 0, 1)
+            diff.sub_(f).pow_(2)  # (D, h, w)
+            total += (diff.sum(dim=0) * m).sum()
+        ctx.save_for_backward(feats, labels, valid, anchors)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        feats, labels, valid, anchors = ctx.saved_tensors
+        grad = torch.empty_like(feats)
+        for i, (f, y, m) in enumerate(zip(feats, labels, valid)):
+            target = F.embedding(y, anchors).permute(2, 0, 1)
+            diff = f.to(target.dtype) - target
+            grad[i] = diff.mul_(m * (2 * grad_out))
+        return grad, None, None, None
+
+
+def pull_loss(feats, labels, anchors, ignore_index=255, distance='mse'):
+    """Pull every labelled pixel's feature toward its class anchor (Eq. 8).
+
+    Averaged over valid pixels, and over channels for 'mse'. The anchors are
+    detached: features move toward anchors, never the reverse.
+
+    Args:
+        feats (Tensor): f, the decode head's last features.
+        labels (Tensor): y, ground truth at the features' size.
+        anchors (Tensor): S, the semantic anchors.
+        ignore_index (int): label of pixels that take no part.
+        distance (str): 'mse' (the paper's squared L2 / D) or 'cosine'
+            (1 - cosine similarity).
+
+    Shape:
+        feats (B, D, h, w), labels (B, h, w) long, anchors (C, D) -> ().
+        All-ignored input gives a zero that still carries a graph.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f'distance must be one of {DISTANCES}, '
+                         f'got {distance!r}')
+    if feats.shape[0] != labels.shape[0] or feats.shape[2:] != labels.shape[1:]:
+        raise ValueError(f'feats {tuple(feats.shape)} and labels '
+                         f'{tuple(labels.shape)} must share batch and h, w')
+    dtype = torch.promote_types(feats.dtype, torch.float32)
+    anchors = anchors.detach().to(dtype)
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    mask = valid.to(dtype)
+    n_valid = mask.sum().clamp(min=1.0)
+    if distance == 'mse':
+        total = _MSEPull.apply(feats, safe, mask, anchors)
+        return total / (feats.shape[1] * n_valid)
+    target = F.embedding(safe, anchors).permute(0, 3, 1, 2)
+    cos = F.cosine_similarity(feats.to(dtype), target, dim=1, eps=1e-6)
+    return ((1.0 - cos) * mask).sum() / n_valid
+
+
+def downsample_labels(labels, size):
+    """Nearest-neighbour resize of a label map to the feature size.
+
+    Shape:
+        labels (B, 1, H, W) or (B, H, W) -> (B, h, w) long.
+    """
+    if labels.dim() == 3:
+        labels = labels[:, None]
+    if tuple(labels.shape[2:]) != tuple(size):
+        labels = F.interpolate(labels.float(), size=size, mode='nearest')
+    return labels[:, 0].long()
