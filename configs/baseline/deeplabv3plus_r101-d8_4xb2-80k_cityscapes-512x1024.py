@@ -1,0 +1,11 @@
+# Baseline twin of ../sar/sar_deeplabv3plus_r101-d8_4xb2-80k_cityscapes-512x1024.py:
+# mmseg's own deeplabv3plus/deeplabv3plus_r101-d8_512x1024_80k_cityscapes.py,
+# unchanged but for the paper's seed.
+import os.path as osp
+
+import mmseg
+
+_base_ = osp.join(
+    osp.dirname(mmseg.__file__), '.mim', 'configs', 'deeplabv3plus',
+    'deeplabv3plus_r101-d8_512x1024_80k_cityscapes.py')
+seed = 1270964153

@@ -1,0 +1,20 @@
+# Baseline twin of sar_fcn_hrtiny_1xb4-300_shapes-64x64.py: the same model
+# and schedule without SAR. CPU-sized; `make demo` trains and tests both.
+import os.path as osp
+
+import mmseg
+
+_base_ = [
+    '../_base_/models/fcn_hrtiny.py', '../_base_/datasets/shapes.py',
+    osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', '_base_',
+             'default_runtime.py')
+]
+optimizer = dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4)
+optimizer_config = dict()
+lr_config = dict(policy='poly', power=0.9, min_lr=1e-4, by_epoch=False)
+runner = dict(type='IterBasedRunner', max_iters=300)
+checkpoint_config = dict(by_epoch=False, interval=300)
+evaluation = dict(interval=300, metric='mIoU', pre_eval=True)
+log_config = dict(interval=50, hooks=[dict(type='TextLoggerHook',
+                                           by_epoch=False)])
+seed = 1270964153

@@ -1,0 +1,9 @@
+# SAR over the demo baseline: the decode head wrapped, the paper's defaults.
+_base_ = './fcn_hrtiny_1xb4-300_shapes-64x64.py'
+custom_imports = dict(imports=['sar'], allow_failed_imports=False)
+model = dict(
+    decode_head=dict(
+        _delete_=True,
+        type='SARHead',
+        head={{_base_.model.decode_head}},
+        sar_loss=dict(type='SemanticAnchorLoss')))

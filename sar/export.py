@@ -1,0 +1,132 @@
+"""Map SAR checkpoints to plain mmseg ones (plain torch, no mmseg import).
+
+A SAR segmentor stores the wrapped head under ``decode_head.head.`` (or
+``decode_head.<i>.head.`` for the last head of a cascade) and the SAR state
+under ``decode_head[.<i>].sar_loss.``. Removing the ``head.`` level and the
+SAR entries gives the state dict of the same model without SAR.
+"""
+import re
+from collections import OrderedDict
+
+import torch
+
+_HEAD = re.compile(r'^(decode_head(?:\.\d+)?)\.head\.(.+)$')
+_SAR = re.compile(r'^decode_head(?:\.\d+)?\.sar_loss\.')
+
+
+def is_sar_state_dict(state_dict):
+    """Whether a segmentor state dict holds SAR entries."""
+    return any(_SAR.match(k) for k in state_dict)
+
+
+def sar_to_plain_state_dict(state_dict):
+    """Drop the SAR branch and unwrap the head: the baseline twin's keys.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): a SAR segmentor's state dict.
+
+    Returns:
+        OrderedDict: the plain segmentor's state dict (same tensors).
+    """
+    if not is_sar_state_dict(state_dict):
+        raise ValueError('not a SAR state dict: no decode_head[.i].sar_loss.* '
+                         'entries')
+    plain = OrderedDict()
+    for key, value in state_dict.items():
+        if _SAR.match(key):
+            continue
+        match = _HEAD.match(key)
+        plain[f'{match[1]}.{match[2]}' if match else key] = value
+    return plain
+
+
+# The authors' release keeps SAR's state on the segmentor itself.
+_OFFICIAL_BUFFERS = {
+    'random_center': 'init_anchors',
+    'momentum_center_feat': 'semantic_anchors',
+    'update_flag': 'initialised',
+}
+
+
+def _module_params(state_dict, prefix):
+    """Group ``prefix.<module>.<param>`` keys by module, in module order."""
+    groups = OrderedDict()
+    for key in state_dict:
+        if key.startswith(prefix + '.'):
+            module, _, param = key[len(prefix) + 1:].rpartition('.')
+            groups.setdefault(module, {})[param] = key
+
+    def order(name):
+        return [int(p) if p.isdigit() else p for p in name.split('.')]
+
+    return [groups[m] for m in sorted(groups, key=order)]
+
+
+def official_to_sar_state_dict(state_dict, sar_prefix='decode_head'):
+    """The authors' released segmentor state dict -> this project's layout.
+
+    Their release stores ``random_center`` (A0), ``momentum_center_feat``
+    (S), ``update_flag``, the projector as ``projecter_linear.*`` (two
+    Linear + norm pairs) and ``projecter.*`` (1x1 conv + norm), and the head
+    (``FCNHeadWFeat``) under ``decode_head.*``. Layers are matched by kind
+    and order (Linear: 2-d weight; conv: 4-d weight; norm: has
+    ``running_mean``), not by their submodule names. Every source key must
+    be used, or a ValueError lists the ones that were not.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): the released ``state_dict``.
+        sar_prefix (str): where the SARHead sits in our segmentor.
+
+    Returns:
+        OrderedDict: a state dict for the matching SAR config.
+    """
+    out = OrderedDict()
+    used = set()
+    sar = f'{sar_prefix}.sar_loss'
+    for src, dst in _OFFICIAL_BUFFERS.items():
+        if src in state_dict:
+            value = state_dict[src]
+            if dst == 'initialised':
+                value = value.bool().reshape(())
+            out[f'{sar}.{dst}'] = value
+            used.add(src)
+
+    linears, norms = [], []
+    for prefix in ('projecter_linear', 'projecter'):
+        for params in _module_params(state_dict, prefix):
+            if 'running_mean' in params:
+                norms.append(params)
+            elif 'weight' in params:
+                linears.append(params)
+            used.update(params.values())
+    if len(linears) != 3 or len(norms) != 3:
+        raise ValueError(
+            f'expected 3 linear/conv layers and 3 norm layers in '
+            f'projecter_linear.* and projecter.*, found {len(linears)} and '
+            f'{len(norms)}')
+    for name, params in zip(('fc1', 'fc2', 'proj'), linears):
+        for param, key in params.items():
+            value = state_dict[key]
+            if param == 'weight' and value.dim() == 4:  # 1x1 conv
+                value = value.flatten(1)
+            out[f'{sar}.projector.{name}.{param}'] = value
+    for i, params in enumerate(norms, 1):
+        for param, key in params.items():
+            out[f'{sar}.projector.norm{i}.{param}'] = state_dict[key]
+
+    for key, value in state_dict.items():
+        if key.startswith('decode_head.'):
+            out[f'{sar_prefix}.head.{key[len("decode_head."):]}'] = value
+            used.add(key)
+        elif key.startswith(('backbone.', 'auxiliary_head.', 'neck.')):
+            out[key] = value
+            used.add(key)
+    unused = [k for k in state_dict if k not in used]
+    if unused:
+        raise ValueError(f'keys not understood: {unused[:10]}'
+                         + (' ...' if len(unused) > 10 else ''))
+    # The release does not count iterations since the anchors were set: 0 if
+    # they were, -1 if not.
+    started = bool(out.get(f'{sar}.initialised', False))
+    out[f'{sar}.iters_since_init'] = torch.tensor(0 if started else -1)
+    return out

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny generated data and tiny model configs, CPU only."""
+import os.path as osp
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_BASELINE = osp.join(ROOT, 'configs/demo/fcn_hrtiny_1xb4-300_shapes-64x64.py')
+DEMO_SAR = osp.join(ROOT, 'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Two-core CI machines: keep each test from oversubscribing.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope='session')
+def shapes_root(tmp_path_factory):
+    from sar.datasets import make_shapes_dataset
+    root = tmp_path_factory.mktemp('shapes')
+    return make_shapes_dataset(str(root), num_train=8, num_val=4, size=32)
+
+
+def tiny_batch(num_classes=4, B=2, size=32, seed=0, ignore=255):
+    """img (B, 3, H, W), img_metas, gt (B, 1, H, W) for a train step."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(B, 3, size, size, generator=g)
+    gt = torch.randint(0, num_classes, (B, 1, size, size), generator=g)
+    gt[:, :, :2] = ignore
+    metas = [dict(img_shape=(size, size, 3), ori_shape=(size, size, 3),
+                  pad_shape=(size, size, 3), scale_factor=1.0, flip=False,
+                  flip_direction=None) for _ in range(B)]
+    return img, metas, gt

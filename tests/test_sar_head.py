@@ -1,0 +1,243 @@
+"""SARHead and SemanticAnchorLoss through mmseg's registries, on CPU."""
+import copy
+
+import pytest
+import torch
+from mmcv.cnn.utils import revert_sync_batchnorm
+from mmcv.utils import Config
+from mmseg.models import build_head, build_loss, build_segmentor
+from mmseg.models.builder import HEADS, LOSSES
+
+from conftest import DEMO_BASELINE, DEMO_SAR, tiny_batch
+from sar.export import sar_to_plain_state_dict
+
+SAR_KEYS = {'loss_sar_pull', 'loss_sar_anchor_ce', 'sar.anchor_acc',
+            'sar.gate_open', 'sar.iters_since_init'}
+
+
+def fcn_cfg(**kwargs):
+    cfg = dict(type='FCNHead', in_channels=6, channels=8, num_convs=1,
+               num_classes=3, dropout_ratio=0.0, norm_cfg=dict(type='BN'))
+    cfg.update(kwargs)
+    return cfg
+
+
+def sar_head(head=None, **sar_loss):
+    torch.manual_seed(0)
+    return build_head(dict(type='SARHead', head=head or fcn_cfg(),
+                           sar_loss=dict(type='SemanticAnchorLoss',
+                                         **sar_loss)))
+
+
+def inputs(B=2, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(B, 6, size, size, generator=g)]
+    gt = torch.randint(0, 3, (B, 1, size * 4, size * 4), generator=g)
+    gt[0, :, :4] = 255
+    return x, gt
+
+
+def test_registered():
+    assert 'SARHead' in HEADS.module_dict
+    assert 'SemanticAnchorLoss' in LOSSES.module_dict
+
+
+def test_exposes_the_wrapped_heads_attributes():
+    head = sar_head(fcn_cfg(ignore_index=7, align_corners=True))
+    for name in ('num_classes', 'out_channels', 'align_corners',
+                 'ignore_index', 'channels', 'in_channels', 'input_transform'):
+        assert getattr(head, name) == getattr(head.head, name), name
+    assert head.sar_loss.ignore_index == 7  # taken from the head
+    assert head.sar_loss.num_classes == 3 and head.sar_loss.channels == 8
+
+
+def test_state_dict_maps_to_the_plain_head():
+    head = sar_head()
+    plain = build_head(fcn_cfg())
+    keys = set(head.state_dict())
+    inner = {k[len('head.'):] for k in keys if k.startswith('head.')}
+    assert inner == set(plain.state_dict())
+    assert all(k.startswith(('head.', 'sar_loss.')) for k in keys)
+
+
+def test_loss_keys_stable_and_diagnostics_not_losses():
+    head = sar_head()
+    x, gt = inputs()
+    seen = []
+    for step in range(3):
+        losses = head.forward_train(x, [{}] * 2, gt, None)
+        seen.append(set(losses))
+        for key, value in losses.items():
+            assert torch.is_tensor(value) and value.numel() == 1, key
+    assert seen[0] == seen[1] == seen[2] == SAR_KEYS | {'loss_ce', 'acc_seg'}
+    assert all('loss' not in k for k in SAR_KEYS if k.startswith('sar.'))
+
+
+def test_forward_test_is_the_wrapped_head():
+    head = sar_head(fcn_cfg(dropout_ratio=0.5)).eval()
+    plain = build_head(fcn_cfg(dropout_ratio=0.5)).eval()
+    plain.load_state_dict({k[5:]: v for k, v in head.state_dict().items()
+                           if k.startswith('head.')})
+    x, _ = inputs()
+    with torch.no_grad():
+        assert torch.equal(head.forward_test(x, [{}] * 2, None),
+                           plain.forward_test(x, [{}] * 2, None))
+    # and no SAR work at test time
+    calls = []
+    head.sar_loss.register_forward_hook(lambda *a: calls.append(1))
+    head.forward_test(x, [{}] * 2, None)
+    assert not calls
+
+
+def test_features_are_taken_before_dropout():
+    head = sar_head(fcn_cfg(dropout_ratio=0.9))
+    x, gt = inputs()
+    seen = {}
+
+    def spy(module, args):
+        seen['feats'] = args[0]
+
+    head.sar_loss.register_forward_pre_hook(spy)
+    head.forward_train(x, [{}] * 2, gt, None)
+    with torch.no_grad():
+        expected = head.head._forward_feature(x)
+    # Dropout at 0.9 would zero ~90% of the entries.
+    assert torch.allclose(seen['feats'], expected, atol=1e-6)
+    assert 'cls_seg' not in head.head.__dict__  # interception undone
+
+
+def test_anchor_ce_uses_the_heads_own_classifier():
+    head = sar_head()
+    x, gt = inputs()
+    losses = head.forward_train(x, [{}] * 2, gt, None)
+    grads = torch.autograd.grad(losses['loss_sar_anchor_ce'],
+                                [head.head.conv_seg.weight])
+    assert grads[0].abs().sum() > 0
+    with torch.no_grad():
+        e = head.sar_loss.embed_anchors()
+        want = head.head.conv_seg(e[:, :, None, None]).flatten(1)
+    assert torch.allclose(head._classify_anchors(e), want)
+
+
+def test_projector_norm_follows_the_head():
+    head = sar_head(fcn_cfg(norm_cfg=dict(type='GN', num_groups=2)))
+    assert type(head.sar_loss.projector.norm1).__name__ == 'GroupNorm'
+    head = sar_head(norm_cfg=dict(type='SyncBN'))
+    assert type(head.sar_loss.projector.norm1).__name__ == 'SyncBatchNorm'
+    with pytest.raises(ValueError, match="type='BN'"):
+        sar_head(norm_cfg=dict(type='LN'))
+
+
+@pytest.mark.parametrize('head_cfg', [
+    dict(type='PointHead', in_channels=[6], in_index=[0], channels=8,
+         num_fcs=1, coarse_pred_each_layer=True, num_classes=3),
+    dict(type='SegmenterMaskTransformerHead', in_channels=6, channels=6,
+         num_classes=3, num_layers=1, num_heads=2, embed_dims=6),
+    dict(type='IterativeDecodeHead', num_stages=1,
+         kernel_generate_head=fcn_cfg(),
+         kernel_update_head=[dict(type='KernelUpdateHead', num_classes=3,
+                                  in_channels=8, out_channels=8,
+                                  feedforward_channels=16, num_heads=2,
+                                  num_ffn_fcs=2, conv_kernel_size=1,
+                                  kernel_updator_cfg=dict(
+                                      type='KernelUpdator', in_channels=8,
+                                      feat_channels=8, out_channels=8))]),
+])
+def test_unsupported_heads_fail_at_build_time_with_the_reason(head_cfg):
+    with pytest.raises(TypeError, match='SARHead cannot wrap .*conv_seg.*'
+                       'Supported: heads derived from mmseg BaseDecodeHead'):
+        sar_head(head_cfg)
+
+
+def test_binary_single_output_head_is_refused():
+    with pytest.raises(ValueError, match='out_channels=num_classes'):
+        sar_head(fcn_cfg(num_classes=2, out_channels=1))
+
+
+def test_loss_name_must_be_a_loss():
+    with pytest.raises(ValueError, match="start with 'loss_'"):
+        sar_head(loss_name='sar')
+    loss = build_loss(dict(type='SemanticAnchorLoss', num_classes=3,
+                           channels=4, loss_name='loss_anchor'))
+    assert loss.loss_name == 'loss_anchor'
+
+
+# --- whole segmentors -------------------------------------------------------
+
+def build_pair():
+    """(plain, sar) demo segmentors with identical shared weights."""
+    torch.manual_seed(0)
+    sar_model = revert_sync_batchnorm(build_segmentor(
+        Config.fromfile(DEMO_SAR).model))
+    plain = revert_sync_batchnorm(build_segmentor(
+        Config.fromfile(DEMO_BASELINE).model))
+    plain.load_state_dict(sar_to_plain_state_dict(sar_model.state_dict()))
+    return plain, sar_model
+
+
+@pytest.mark.parametrize('test_cfg', [
+    dict(mode='whole'),
+    dict(mode='slide', crop_size=(24, 24), stride=(16, 16)),
+])
+@pytest.mark.parametrize('aug', [False, True])
+def test_segmentor_inference_identical_to_plain(test_cfg, aug):
+    plain, sar_model = build_pair()
+    for model in (plain, sar_model):
+        model.test_cfg = Config(test_cfg)
+        model.eval()
+    img, metas, _ = tiny_batch(B=1, size=40)
+    metas[0]['ori_shape'] = (40, 40, 3)
+    with torch.no_grad():
+        if aug:
+            # multi-scale + flip TTA, as tools/test.py --aug-test feeds it
+            imgs = [img, torch.nn.functional.interpolate(img, scale_factor=1.5),
+                    img.flip(-1)]
+            flipped = dict(metas[0], flip=True, flip_direction='horizontal')
+            scaled = dict(metas[0], img_shape=(60, 60, 3))
+            all_metas = [metas, [scaled], [flipped]]
+            a = plain.aug_test(imgs, all_metas, rescale=True)
+            b = sar_model.aug_test(imgs, all_metas, rescale=True)
+        else:
+            a = plain.inference(img, metas, rescale=True)
+            b = sar_model.inference(img, metas, rescale=True)
+    a, b = (torch.as_tensor(x) if not torch.is_tensor(x) else x
+            for x in (a, b))
+    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_segmentor_train_step_and_gradient_paths():
+    _, model = build_pair()
+    img, metas, gt = tiny_batch()
+    model.train()
+    losses = model.forward_train(img, metas, gt)
+    assert {f'decode.{k}' for k in SAR_KEYS} <= set(losses)
+    sar = model.decode_head.sar_loss
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    proj = list(sar.projector.parameters())
+    cls = [model.decode_head.head.conv_seg.weight]
+    ce = losses['decode.loss_sar_anchor_ce']
+    g = torch.autograd.grad(ce, backbone + proj + cls, allow_unused=True,
+                            retain_graph=True)
+    nb = len(backbone)
+    assert all(x is None for x in g[:nb])  # never the backbone
+    assert all(x is not None and x.abs().sum() > 0 for x in g[nb:])
+    # Force the gate open so the pull is non-zero, then check its paths.
+    sar.pull_mode = 'after_init'
+    sar.initialised.fill_(True)
+    sar.semantic_anchors.normal_()
+    losses = model.forward_train(img, metas, gt)
+    pull = losses['decode.loss_sar_pull']
+    assert pull.item() > 0
+    g = torch.autograd.grad(pull, backbone + proj + cls, allow_unused=True)
+    assert sum(x.abs().sum() for x in g[:nb] if x is not None) > 0
+    assert all(x is None or x.abs().sum() == 0 for x in g[nb:])
+
+
+def test_parse_losses_counts_only_real_losses():
+    _, model = build_pair()
+    img, metas, gt = tiny_batch()
+    losses = model.forward_train(img, metas, gt)
+    loss, log_vars = model._parse_losses(losses)
+    want = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.allclose(loss, want)
+    assert 'decode.sar.gate_open' in log_vars

@@ -1,0 +1,185 @@
+"""Test (and evaluate) a segmentor: mmseg 0.30's test.py interface.
+
+Takes SAR checkpoints and plain ones. Runs on GPUs as mmseg does, on CPU in
+one process, and on CPU in N gloo processes via ``tools/dist_test.sh``.
+"""
+import argparse
+import os
+import os.path as osp
+import shutil
+import tempfile
+import time
+import warnings
+
+import mmcv
+import torch
+from mmcv.cnn.utils import revert_sync_batchnorm
+from mmcv.runner import (get_dist_info, init_dist, load_checkpoint,
+                         wrap_fp16_model)
+from mmcv.utils import Config, DictAction
+
+import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
+from sar.runtime import adapt_cfg_to_machine
+
+AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the metric json goes')
+    parser.add_argument('--aug-test', action='store_true',
+                        help='multi-scale + flip test time augmentation')
+    parser.add_argument('--out', help='output result file in pickle format')
+    parser.add_argument('--format-only', action='store_true',
+                        help='format the results without evaluating them')
+    parser.add_argument('--eval', type=str, nargs='+',
+                        help='metrics, e.g. "mIoU" "mDice" "mFscore"')
+    parser.add_argument('--show', action='store_true', help='show results')
+    parser.add_argument('--show-dir', help='directory for painted images')
+    parser.add_argument('--gpu-collect', action='store_true',
+                        help='collect results on GPU (distributed)')
+    parser.add_argument('--gpu-id', type=int, default=0,
+                        help='id of gpu to use, non-distributed')
+    parser.add_argument('--tmpdir', help='tmp dir for collecting results')
+    parser.add_argument('--options', nargs='+', action=DictAction,
+                        help='(deprecated) use --cfg-options')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--eval-options', nargs='+', action=DictAction,
+                        help='custom options for evaluation')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='opacity of painted segmentation maps, (0, 1]')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.options and args.cfg_options:
+        parser.error('--options and --cfg-options cannot both be given')
+    args.cfg_options = args.cfg_options or args.options
+    if not (args.out or args.eval or args.format_only or args.show
+            or args.show_dir):
+        parser.error('say what to do with the results: --out, --eval, '
+                     '--format-only, --show or --show-dir')
+    if args.eval and args.format_only:
+        parser.error('--eval and --format-only cannot both be given')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error('--out must be a .pkl file')
+    return args
+
+
+def main():
+    from mmseg.apis import multi_gpu_test, single_gpu_test
+    from mmseg.datasets import build_dataloader, build_dataset
+    from mmseg.models import build_segmentor
+    from mmseg.utils import build_ddp, build_dp, get_device
+
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    adapt_cfg_to_machine(cfg)
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
+    if args.aug_test:
+        flip_aug = cfg.data.test.pipeline[1]
+        flip_aug.img_ratios = AUG_TEST_RATIOS
+        flip_aug.flip = True
+    cfg.model.pretrained = None
+    cfg.data.test.test_mode = True
+    cfg.gpu_ids = [args.gpu_id]
+
+    distributed = args.launcher != 'none'
+    if distributed:
+        init_dist(args.launcher, **cfg.get('dist_params', {}))
+    rank, world_size = get_dist_info()
+
+    if args.work_dir is not None and rank == 0:
+        mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
+        stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+        suffix = '_aug' if args.aug_test else ''
+        json_file = osp.join(args.work_dir, f'eval_single_scale_{stamp}'
+                             f'{suffix}.json')
+
+    dataset = build_dataset(cfg.data.test)
+    loader_cfg = dict(
+        num_gpus=len(cfg.gpu_ids), dist=distributed, shuffle=False,
+        samples_per_gpu=1, workers_per_gpu=cfg.data.get('workers_per_gpu', 2))
+    loader_cfg.update({
+        k: v for k, v in cfg.data.items()
+        if k not in ('train', 'val', 'test', 'train_dataloader',
+                     'val_dataloader', 'test_dataloader', 'samples_per_gpu',
+                     'workers_per_gpu')})
+    loader_cfg.update(cfg.data.get('test_dataloader', {}))
+    data_loader = build_dataloader(dataset, **loader_cfg)
+
+    cfg.model.train_cfg = None
+    model = build_segmentor(cfg.model, test_cfg=cfg.get('test_cfg'))
+    if cfg.get('fp16', None) is not None:
+        wrap_fp16_model(model)
+    checkpoint = load_checkpoint(model, args.checkpoint, map_location='cpu')
+    meta = checkpoint.get('meta', {})
+    model.CLASSES = meta.get('CLASSES', dataset.CLASSES)
+    model.PALETTE = meta.get('PALETTE', dataset.PALETTE)
+
+    eval_kwargs = dict(args.eval_options or {})
+    eval_on_format_results = (args.eval is not None and
+                              'cityscapes' in args.eval)
+    if eval_on_format_results:
+        assert len(args.eval) == 1, \
+            'eval on format results is not applicable for metrics other ' \
+            'than cityscapes'
+    if args.format_only or eval_on_format_results:
+        tmp = eval_kwargs.setdefault('imgfile_prefix', '.format_cityscapes')
+        if osp.exists(tmp) and rank == 0:
+            shutil.rmtree(tmp)
+        mmcv.mkdir_or_exist(tmp)
+    pre_eval = args.eval is not None and not eval_on_format_results
+    format_only = args.format_only or eval_on_format_results
+
+    cfg.device = get_device()
+    if not distributed:
+        model = build_dp(revert_sync_batchnorm(model), cfg.device,
+                         device_ids=cfg.gpu_ids)
+        results = single_gpu_test(
+            model, data_loader, args.show, args.show_dir, False, args.opacity,
+            pre_eval=pre_eval, format_only=format_only,
+            format_args=eval_kwargs)
+    else:
+        tmpdir = args.tmpdir
+        if tmpdir is None and not args.gpu_collect and cfg.device == 'cpu':
+            # mmcv makes and broadcasts a temporary directory through a CUDA
+            # tensor when none is given; give one on CPU.
+            tmpdir = osp.join(tempfile.gettempdir(),
+                              f'sar_dist_test_{os.environ["MASTER_PORT"]}')
+        model = build_ddp(
+            model, cfg.device,
+            device_ids=[int(os.environ['LOCAL_RANK'])],
+            broadcast_buffers=False)
+        results = multi_gpu_test(
+            model, data_loader, tmpdir, args.gpu_collect, False,
+            pre_eval=pre_eval, format_only=format_only,
+            format_args=eval_kwargs)
+
+    if rank == 0:
+        if args.out:
+            if pre_eval:
+                warnings.warn('--out holds pre-evaluated results (per-image '
+                              'intersections and unions) when --eval is '
+                              'given, as in mmseg 0.30')
+            print(f'\nwriting results to {args.out}')
+            mmcv.dump(results, args.out)
+        if args.eval:
+            eval_kwargs.update(metric=args.eval)
+            metric = dataset.evaluate(results, **eval_kwargs)
+            if args.work_dir is not None:
+                mmcv.dump(dict(config=args.config, metric=metric), json_file,
+                          indent=4)
+            if eval_on_format_results:
+                shutil.rmtree(eval_kwargs['imgfile_prefix'])
+
+
+if __name__ == '__main__':
+    main()

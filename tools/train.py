@@ -1,0 +1,148 @@
+"""Train a segmentor: mmseg 0.30's train.py interface, SAR configs included.
+
+Runs on GPUs (single or distributed, as mmseg), on CPU in one process, and
+on CPU in N gloo processes (``tools/dist_train.sh CONFIG N`` without GPUs).
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import time
+
+import mmcv
+import torch
+from mmcv.cnn.utils import revert_sync_batchnorm
+from mmcv.runner import get_dist_info, init_dist
+from mmcv.utils import Config, DictAction, get_git_hash
+
+import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
+from sar.runtime import adapt_cfg_to_machine
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--load-from', help='checkpoint to initialise from')
+    parser.add_argument('--resume-from', help='checkpoint to resume from')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='do not evaluate checkpoints during training')
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--gpus', type=int,
+                       help='(deprecated) number of gpus, non-distributed')
+    group.add_argument('--gpu-ids', type=int, nargs='+',
+                       help='(deprecated) ids of gpus, non-distributed')
+    group.add_argument('--gpu-id', type=int, default=0,
+                       help='id of gpu to use, non-distributed')
+    parser.add_argument('--seed', type=int, help='random seed')
+    parser.add_argument('--diff_seed', action='store_true',
+                        help='a different seed on each rank')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic options for CUDNN')
+    parser.add_argument('--options', nargs='+', action=DictAction,
+                        help='(deprecated) use --cfg-options')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--auto-resume', action='store_true',
+                        help='resume from the latest checkpoint of work-dir')
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.options and args.cfg_options:
+        parser.error('--options and --cfg-options cannot both be given')
+    args.cfg_options = args.cfg_options or args.options
+    return args
+
+
+def main():
+    from mmseg import __version__ as mmseg_version
+    from mmseg.apis import init_random_seed, set_random_seed, train_segmentor
+    from mmseg.datasets import build_dataset
+    from mmseg.models import build_segmentor
+    from mmseg.utils import collect_env, get_device, get_root_logger
+
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    adapt_cfg_to_machine(cfg)
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.load_from is not None:
+        cfg.load_from = args.load_from
+    if args.resume_from is not None:
+        cfg.resume_from = args.resume_from
+    cfg.auto_resume = args.auto_resume
+    if args.gpus is not None:
+        cfg.gpu_ids = range(1)
+    elif args.gpu_ids is not None:
+        cfg.gpu_ids = args.gpu_ids[:1]
+    else:
+        cfg.gpu_ids = [args.gpu_id]
+
+    distributed = args.launcher != 'none'
+    if distributed:
+        init_dist(args.launcher, **cfg.get('dist_params', {}))
+        _, world_size = get_dist_info()
+        cfg.gpu_ids = range(world_size)
+
+    mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+    cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
+    timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+    logger = get_root_logger(
+        log_file=osp.join(cfg.work_dir, f'{timestamp}.log'),
+        log_level=cfg.log_level)
+    env_info = '\n'.join(f'{k}: {v}' for k, v in collect_env().items())
+    logger.info('Environment info:\n' + env_info)
+    logger.info(f'Distributed training: {distributed}')
+    logger.info(f'Config:\n{cfg.pretty_text}')
+
+    cfg.device = get_device()
+    # --seed wins; else the config's `seed` (the paper configs set one);
+    # else a random seed shared by all ranks, as in mmseg.
+    seed = init_random_seed(
+        args.seed if args.seed is not None else cfg.get('seed'),
+        device=cfg.device)
+    if args.diff_seed:
+        seed += get_dist_info()[0]
+    logger.info(f'Set random seed to {seed}, '
+                f'deterministic: {args.deterministic}')
+    set_random_seed(seed, deterministic=args.deterministic)
+    cfg.seed = seed
+    meta = dict(env_info=env_info, seed=seed,
+                exp_name=osp.basename(args.config))
+
+    model = build_segmentor(
+        cfg.model, train_cfg=cfg.get('train_cfg'),
+        test_cfg=cfg.get('test_cfg'))
+    model.init_weights()
+    if not distributed:
+        # SyncBN needs a process group: plain BN in a single process.
+        model = revert_sync_batchnorm(model)
+    logger.info(model)
+
+    datasets = [build_dataset(cfg.data.train)]
+    if len(cfg.workflow) == 2:
+        val = copy.deepcopy(cfg.data.val)
+        val.pipeline = cfg.data.train.pipeline
+        datasets.append(build_dataset(val))
+    if cfg.checkpoint_config is not None:
+        cfg.checkpoint_config.meta = dict(
+            mmseg_version=f'{mmseg_version}+{get_git_hash()[:7]}',
+            sar_version=sar.__version__,
+            config=cfg.pretty_text,
+            CLASSES=datasets[0].CLASSES,
+            PALETTE=datasets[0].PALETTE)
+        meta.update(cfg.checkpoint_config.meta)
+    model.CLASSES = datasets[0].CLASSES
+    train_segmentor(model, datasets, cfg, distributed=distributed,
+                    validate=not args.no_validate, timestamp=timestamp,
+                    meta=meta)
+
+
+if __name__ == '__main__':
+    main()
