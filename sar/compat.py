@@ -131,8 +131,36 @@ def _patch_build_ddp():
         module.build_ddp = build_ddp
 
 
+# --------------------------------------------------------------------------
+# Shim 3: checkpoints with numpy values.
+# torch 2.6 made torch.load(weights_only=True) the default, and mmcv's
+# load_checkpoint (hence --resume-from, --load-from, tools/test.py) does not
+# pass weights_only. mmseg checkpoints hold numpy values in their meta: the
+# random PALETTE of a custom dataset without one, and EvalHook's best score.
+# We allow exactly the numpy array/scalar reconstructors, keeping the
+# weights-only loader (no arbitrary code) for everything else.
+def _numpy_safe_globals():
+    import numpy as np
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    # numpy >= 1.25 pickles a dtype through its class (numpy.dtypes.*DType).
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes['All']}
+    return [np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct,
+            *sorted(dtype_classes, key=str)]
+
+
+def _allow_numpy_in_checkpoints():
+    serialization = torch.serialization
+    if not hasattr(serialization, 'add_safe_globals'):
+        return  # torch < 2.4: torch.load unpickles everything anyway
+    serialization.add_safe_globals(_numpy_safe_globals())
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
     _patch_build_ddp()
+    _allow_numpy_in_checkpoints()
 

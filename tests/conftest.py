@@ -4,6 +4,8 @@ import os.path as osp
 import pytest
 import torch
 
+import sar  # noqa: F401  registers SARHead and SemanticAnchorLoss
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_BASELINE = osp.join(ROOT, 'configs/demo/fcn_hrtiny_1xb4-300_shapes-64x64.py')
 DEMO_SAR = osp.join(ROOT, 'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
