@@ -12,7 +12,16 @@ from .version import __version__
 
 __all__ = ['core', '__version__']
 
-if importlib.util.find_spec('mmseg') is not None:
+
+
+def _mmseg_installed():
+    try:
+        return importlib.util.find_spec('mmseg') is not None
+    except (ImportError, ValueError):
+        return False
+
+
+if _mmseg_installed():
     from . import compat
 
     compat.check_versions()

@@ -6,6 +6,7 @@ change it answers; each is idempotent and has a test that fails without it
 original code already works (CUDA device present, old torch).
 """
 import functools
+import re
 import warnings
 
 import torch
@@ -20,10 +21,12 @@ INSTALL_HINT = ('make install (or tools/setup_env.sh) builds a supported '
 def _version_tuple(text):
     parts = []
     for piece in text.split('+')[0].split('.'):
-        digits = ''.join(ch for ch in piece if ch.isdigit())
+        digits = re.match(r'\d+', piece)
         if not digits:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
+        if digits.group() != piece:  # '0rc1': a pre-release ends the number
+            break
     return tuple(parts)
 
 
@@ -158,9 +161,23 @@ def _allow_numpy_in_checkpoints():
     serialization.add_safe_globals(_numpy_safe_globals())
 
 
+# --------------------------------------------------------------------------
+# Shim 4: DDP forward (inference under a process group, e.g. DistEvalHook
+# and tools/test.py --launcher pytorch, on GPU and CPU alike).
+# mmcv's MMDistributedDataParallel._run_ddp_forward reads
+# self._use_replicated_tensor_module, an attribute torch's DDP dropped in
+# torch 2.0 (replicated-tensor support was removed). Its absence means the
+# plain module runs, which is what the attribute's False value selects.
+def _patch_ddp_forward():
+    from mmcv.parallel import MMDistributedDataParallel
+    if not hasattr(MMDistributedDataParallel, '_use_replicated_tensor_module'):
+        MMDistributedDataParallel._use_replicated_tensor_module = False
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
     _patch_build_ddp()
     _allow_numpy_in_checkpoints()
+    _patch_ddp_forward()
 

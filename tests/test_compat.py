@@ -1,0 +1,195 @@
+"""Each torch 2.x shim of sar.compat: it is needed, and it works."""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mmcv.runner import load_checkpoint, save_checkpoint
+
+from sar import compat
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_version_check_names_ranges_and_fix(monkeypatch):
+    import mmseg
+    monkeypatch.setattr(mmseg, '__version__', '0.29.1')
+    with pytest.raises(ImportError, match=r'mmseg==0\.29\.1 \(supported: '
+                       r'>=0\.30\.0, <0\.31\.0\).*make install'):
+        compat.check_versions()
+
+
+def test_version_parsing():
+    assert compat._version_tuple('2.14.1+cu130') == (2, 14, 1)
+    assert compat._version_tuple('1.7.2') == (1, 7, 2)
+    assert compat._version_tuple('2.0.0rc1') == (2, 0, 0)
+
+
+# Shim 3 --------------------------------------------------------------------
+
+def test_checkpoint_with_numpy_meta_round_trips_bit_exact(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                                torch.nn.BatchNorm2d(4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 4, 4)).sum().backward()
+    optimizer.step()
+    meta = dict(PALETTE=np.random.randint(0, 255, (3, 3)),  # custom dataset
+                hook_msgs=dict(best_score=np.float64(0.5)),  # EvalHook
+                CLASSES=('a', 'b', 'c'), iter=7)
+    path = str(tmp_path / 'ckpt.pth')
+    save_checkpoint(model, path, optimizer=optimizer, meta=meta)
+
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                                torch.nn.BatchNorm2d(4))
+    ckpt = load_checkpoint(fresh, path, map_location='cpu', strict=True)
+    for (k, a), b in zip(model.state_dict().items(),
+                         fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert np.array_equal(ckpt['meta']['PALETTE'], meta['PALETTE'])
+    assert ckpt['meta']['hook_msgs']['best_score'] == 0.5
+    saved = ckpt['optimizer']['state']
+    for i, state in optimizer.state_dict()['state'].items():
+        assert torch.equal(saved[i]['momentum_buffer'],
+                           state['momentum_buffer'])
+
+
+def test_numpy_meta_needs_the_shim(tmp_path):
+    if not hasattr(torch.serialization, 'clear_safe_globals'):
+        pytest.skip('torch without safe globals: no weights_only default')
+    path = str(tmp_path / 'ckpt.pth')
+    save_checkpoint(torch.nn.Linear(2, 2), path,
+                    meta=dict(PALETTE=np.zeros((2, 3), np.int64)))
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(Exception, match='Weights only load failed'):
+            load_checkpoint(torch.nn.Linear(2, 2), path, map_location='cpu')
+    finally:
+        compat.apply()
+    load_checkpoint(torch.nn.Linear(2, 2), path, map_location='cpu')
+
+
+# Shim 1 --------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+def test_unpatched_init_dist_fails_on_cpu(monkeypatch):
+    from mmcv.runner import dist_utils
+    original = dist_utils._init_dist_pytorch.__wrapped__
+    monkeypatch.setenv('RANK', '0')
+    with pytest.raises(ZeroDivisionError):
+        original('nccl')  # rank % torch.cuda.device_count()
+
+
+def _init_dist_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    import sar  # noqa: F401
+    from mmcv.runner import get_dist_info, init_dist
+    init_dist('pytorch', backend='nccl')  # as configs ask; gloo on CPU
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t)
+    torch.save(dict(info=get_dist_info(), backend=dist.get_backend(),
+                    total=t.item()), f'{out}.{rank}')
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+def test_init_dist_on_cpu_uses_gloo(tmp_path):
+    out = str(tmp_path / 'r')
+    mp.spawn(_init_dist_worker, args=(2, free_port(), out), nprocs=2)
+    for rank in range(2):
+        res = torch.load(f'{out}.{rank}')
+        assert res['info'] == (rank, 2)
+        assert res['backend'] == 'gloo' and res['total'] == 3.0
+
+
+# Shim 2 --------------------------------------------------------------------
+
+def test_unpatched_build_ddp_refuses_cpu():
+    with pytest.raises(AssertionError, match='Only available for cuda'):
+        compat._ORIGINALS['build_ddp'](torch.nn.Linear(2, 2), 'cpu')
+
+
+def test_mmcv_ddp_forward_needs_the_removed_torch_attribute(monkeypatch):
+    from mmcv.parallel import MMDistributedDataParallel
+    monkeypatch.delattr(MMDistributedDataParallel,
+                        '_use_replicated_tensor_module')
+    ddp = MMDistributedDataParallel.__new__(MMDistributedDataParallel)
+    torch.nn.Module.__init__(ddp)
+    ddp.module = torch.nn.Identity()
+    ddp.device_ids = None
+    with pytest.raises(AttributeError, match='_use_replicated_tensor_module'):
+        ddp._run_ddp_forward(torch.ones(1))
+    monkeypatch.undo()
+    assert torch.equal(ddp._run_ddp_forward(torch.ones(1)), torch.ones(1))
+
+
+def test_build_ddp_is_patched_where_mmseg_calls_it():
+    import mmseg.apis.train
+    import mmseg.utils
+    assert mmseg.apis.train.build_ddp is compat.build_ddp
+    assert mmseg.utils.build_ddp is compat.build_ddp
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import sar  # noqa: F401
+    from mmcv.parallel import DataContainer, collate
+    from mmcv.runner import init_dist
+    from mmcv.utils import Config
+    from mmseg.models import build_segmentor
+    from mmseg.utils import build_ddp
+
+    from conftest import DEMO_SAR, tiny_batch
+    init_dist('pytorch', backend='gloo')
+    torch.manual_seed(0)
+    model = build_segmentor(Config.fromfile(DEMO_SAR).model)  # SyncBN
+    ddp = build_ddp(model, 'cpu', device_ids=[rank],
+                    broadcast_buffers=False)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    img, metas, gt = tiny_batch(seed=rank)  # different data per rank
+    batch = collate([dict(img=DataContainer(i, stack=True),
+                          img_metas=DataContainer(m, cpu_only=True),
+                          gt_semantic_seg=DataContainer(g, stack=True))
+                     for i, m, g in zip(img, metas, gt)], samples_per_gpu=2)
+    outputs = ddp.train_step(batch, optimizer)
+    optimizer.zero_grad()
+    outputs['loss'].backward()
+    optimizer.step()
+    # Inference through the DDP wrapper, as DistEvalHook / multi_gpu_test do.
+    test_batch = dict(img=[img[:1]],
+                      img_metas=[DataContainer([[metas[0]]], cpu_only=True)])
+    ddp.eval()
+    with torch.no_grad():
+        pred = ddp(return_loss=False, **test_batch)
+    sync_bn = [m for m in ddp.modules()
+               if isinstance(m, torch.nn.SyncBatchNorm)]
+    torch.save(dict(state={k: v.clone() for k, v in
+                           ddp.module.state_dict().items()},
+                    n_sync_bn=len(sync_bn), pred=pred,
+                    keys=sorted(outputs['log_vars'])), f'{out}.{rank}')
+    dist.destroy_process_group()
+
+
+def test_cpu_ddp_trains_in_step(tmp_path):
+    out = str(tmp_path / 'r')
+    mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2)
+    r0, r1 = (torch.load(f'{out}.{r}') for r in range(2))
+    assert r0['n_sync_bn'] == r1['n_sync_bn'] == 0  # reverted on CPU
+    assert r0['pred'][0].shape == (32, 32)
+    assert r0['keys'] == r1['keys']
+    assert 'decode.loss_sar_anchor_ce' in r0['keys']
+    for key, value in r0['state'].items():
+        if 'running_' in key or 'num_batches' in key:
+            continue  # BN statistics are per rank (broadcast_buffers=False)
+        assert torch.equal(value, r1['state'][key]), key
