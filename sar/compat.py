@@ -174,10 +174,69 @@ def _patch_ddp_forward():
         MMDistributedDataParallel._use_replicated_tensor_module = False
 
 
+# --------------------------------------------------------------------------
+# Shim 5: resuming an IterBasedRunner (mmcv 1.x, every torch).
+# (a) resume() maps every tensor to torch.cuda.current_device() by default,
+#     so --resume-from and --auto-resume fail on a CPU machine; without CUDA,
+#     'default' now means the CPU.
+# (b) checkpoints written by CheckpointHook inside an iteration record
+#     meta['iter'] = iterations done - 1, and resume() continues from there:
+#     the last iteration before the checkpoint is run again, one iteration
+#     more in total and the lr schedule shifted by one. We record the count
+#     of iterations done as meta['iters_done'] and resume from it. Files
+#     without it (stock mmcv) resume as before.
+def _iters_done(runner):
+    # mmcv keeps ``data_batch`` on the runner between before_train_iter and
+    # the end of after_train_iter, where CheckpointHook saves.
+    return runner.iter + 1 if 'data_batch' in vars(runner) else runner.iter
+
+
+def _patch_iter_runner():
+    from mmcv.runner import IterBasedRunner
+    if getattr(IterBasedRunner.resume, '_sar_patched', False):
+        return
+    original_save = IterBasedRunner.save_checkpoint
+    original_resume = IterBasedRunner.resume
+
+    @functools.wraps(original_save)
+    def save_checkpoint(self, out_dir, filename_tmpl='iter_{}.pth',
+                        meta=None, *args, **kwargs):
+        meta = dict(meta or {}, iters_done=_iters_done(self))
+        return original_save(self, out_dir, filename_tmpl, meta, *args,
+                             **kwargs)
+
+    @functools.wraps(original_resume)
+    def resume(self, checkpoint, resume_optimizer=True,
+               map_location='default'):
+        if map_location == 'default' and not torch.cuda.is_available():
+            map_location = 'cpu'
+        seen = {}
+        load = self.load_checkpoint
+
+        def load_and_keep_meta(*args, **kwargs):
+            loaded = load(*args, **kwargs)
+            seen.update(loaded.get('meta') or {})
+            return loaded
+
+        self.load_checkpoint = load_and_keep_meta
+        try:
+            original_resume(self, checkpoint, resume_optimizer, map_location)
+        finally:
+            del self.load_checkpoint
+        if 'iters_done' in seen:
+            self._iter = self._inner_iter = seen['iters_done']
+            self.logger.info(f'resumed after {self._iter} iterations done')
+
+    resume._sar_patched = True
+    IterBasedRunner.save_checkpoint = save_checkpoint
+    IterBasedRunner.resume = resume
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
     _patch_build_ddp()
     _allow_numpy_in_checkpoints()
     _patch_ddp_forward()
+    _patch_iter_runner()
 

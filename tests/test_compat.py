@@ -193,3 +193,58 @@ def test_cpu_ddp_trains_in_step(tmp_path):
         if 'running_' in key or 'num_batches' in key:
             continue  # BN statistics are per rank (broadcast_buffers=False)
         assert torch.equal(value, r1['state'][key]), key
+
+
+# Shim 5 --------------------------------------------------------------------
+
+def _iter_runner(tmp_path, max_iters):
+    import logging
+
+    from mmcv.runner import IterBasedRunner
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 1)
+
+        def train_step(self, data, optimizer):
+            loss = self.fc(data).pow(2).mean()
+            return dict(loss=loss, log_vars=dict(loss=loss.item()),
+                        num_samples=len(data))
+
+    torch.manual_seed(0)
+    model = Model()
+    runner = IterBasedRunner(
+        model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1,
+                                         momentum=0.9),
+        work_dir=str(tmp_path), logger=logging.getLogger('sar-test'),
+        max_iters=max_iters)
+    runner.register_lr_hook(dict(policy='poly', power=0.9, by_epoch=False))
+    runner.register_optimizer_hook(dict(grad_clip=None))
+    runner.register_checkpoint_hook(dict(interval=2, by_epoch=False))
+    return runner
+
+
+def test_iter_runner_resume_continues_exactly(tmp_path):
+    data = [torch.randn(3, 2)] * 8  # same batch: order cannot matter
+    straight = _iter_runner(tmp_path / 'a', 4)
+    straight.run([data], [('train', 4)])
+    ckpt = torch.load(str(tmp_path / 'a' / 'iter_2.pth'), weights_only=False)
+    assert ckpt['meta']['iters_done'] == 2  # mmcv's own 'iter' says 1
+
+    resumed = _iter_runner(tmp_path / 'b', 4)
+    resumed.resume(str(tmp_path / 'a' / 'iter_2.pth'))  # CPU: no CUDA needed
+    assert resumed.iter == 2
+    resumed.run([data], [('train', 4)])
+    assert resumed.iter == 4
+    assert torch.equal(resumed.model.fc.weight, straight.model.fc.weight)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+def test_unpatched_iter_runner_resume_needs_cuda(tmp_path):
+    from mmcv.runner import IterBasedRunner
+    runner = _iter_runner(tmp_path, 4)
+    runner.run([[torch.randn(3, 2)] * 8], [('train', 2)])
+    with pytest.raises((RuntimeError, AssertionError), match='NVIDIA|CUDA'):
+        IterBasedRunner.resume.__wrapped__(_iter_runner(tmp_path, 4),
+                                           str(tmp_path / 'iter_2.pth'))

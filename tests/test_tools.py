@@ -1,0 +1,224 @@
+"""tools/: train, test, distributed train/test on CPU (gloo), resume, export.
+
+Everything runs the scripts as a user does, in subprocesses, on small
+generated data.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmcv.utils import Config
+from mmseg.models import build_segmentor
+
+from conftest import DEMO_BASELINE, DEMO_SAR, ROOT, tiny_batch
+
+PY = sys.executable
+PLUGINS = osp.join(ROOT, 'tests', 'plugins')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def run(args, **env):
+    full_env = dict(os.environ, PYTHONPATH=PLUGINS, PYTHON=PY,
+                    OMP_NUM_THREADS='1', **env)
+    proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout + proc.stderr
+
+
+def write_config(path, base, data_root, iters, samples=2, flip=True,
+                 probe=False):
+    """A test config over ``base``: tiny data, short schedule."""
+    flip_line = '' if flip else '''
+    train=dict(pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+        dict(type='RandomFlip', prob=0.0),
+        dict(type='Normalize', mean=[123.675, 116.28, 103.53],
+             std=[58.395, 57.12, 57.375], to_rgb=True),
+        dict(type='DefaultFormatBundle'),
+        dict(type='Collect', keys=['img', 'gt_semantic_seg'])],
+        data_root=r'{root}'),'''.format(root=data_root)
+    train_line = '' if not flip else \
+        f"\n    train=dict(data_root=r'{data_root}'),"
+    text = f'''_base_ = r'{base}'
+data = dict(
+    samples_per_gpu={samples},{flip_line}{train_line}
+    val=dict(data_root=r'{data_root}'),
+    test=dict(data_root=r'{data_root}'))
+runner = dict(max_iters={iters})
+checkpoint_config = dict(interval={iters})
+evaluation = dict(interval={iters})
+log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook',
+                                          by_epoch=False)])
+'''
+    if probe:
+        text += '''custom_imports = dict(imports=['sar', 'sar_rank_probe'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='SARRankProbeHook')]
+'''
+    path.write_text(text)
+    return str(path)
+
+
+def json_log(work_dir):
+    (log, ) = glob.glob(osp.join(work_dir, '*.log.json'))
+    with open(log) as f:
+        return [json.loads(line) for line in f if '"mode": "train"' in line]
+
+
+def test_train_then_test_prints_miou(tmp_path, shapes_root):
+    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=3)
+    work = str(tmp_path / 'work')
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+    ckpt = osp.join(work, 'iter_3.pth')
+    assert osp.isfile(ckpt)
+    out = run([PY, 'tools/test.py', cfg, ckpt, '--eval', 'mIoU',
+               '--work-dir', work, '--out', str(tmp_path / 'res.pkl')])
+    assert 'mIoU' in out and '| background |' in out
+    (metric_file, ) = glob.glob(osp.join(work, 'eval_*.json'))
+    with open(metric_file) as f:
+        metric = json.load(f)['metric']
+    assert 0.0 <= metric['mIoU'] <= 1.0
+    assert osp.isfile(tmp_path / 'res.pkl')
+
+
+def test_train_log_has_stable_sar_keys(tmp_path, shapes_root):
+    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=4,
+                       probe=True)
+    work = str(tmp_path / 'work')
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+    probe = torch.load(osp.join(work, 'rank0.pth'))
+    assert len(probe['keys']) == 4
+    assert all(k == probe['keys'][0] for k in probe['keys'])
+    assert 'decode.loss_sar_pull' in probe['keys'][0]
+    assert 'decode.sar.gate_open' in probe['keys'][0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU/gloo path')
+def test_dist_train_two_cpu_processes(tmp_path, shapes_root):
+    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=8,
+                       probe=True)
+    work = str(tmp_path / 'work')
+    out = run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work,
+               '--seed', '0', '--deterministic'], PORT=free_port())
+    assert 'Distributed training: True' in out
+    r0, r1 = (torch.load(osp.join(work, f'rank{r}.pth')) for r in range(2))
+    assert (r0['rank'], r1['rank'], r0['world']) == (0, 1, 2)
+    assert r0['keys'] == r1['keys'] and len(r0['keys']) == 8
+    assert set(r0['sar_state']) == set(r1['sar_state'])
+    for key, value in r0['sar_state'].items():
+        if 'projector.norm' in key:
+            continue  # BN statistics: per rank (broadcast_buffers=False)
+        assert torch.equal(value, r1['sar_state'][key]), key
+    assert bool(r0['sar_state']['0.initialised']), 'gate never opened'
+    assert r0['sar_state']['0.semantic_anchors'].abs().sum() > 0
+    assert osp.isfile(osp.join(work, 'iter_8.pth'))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU/gloo path')
+def test_dist_test_matches_single_process(tmp_path, shapes_root):
+    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
+    work = str(tmp_path / 'work')
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+    ckpt = osp.join(work, 'iter_2.pth')
+    single, dist = str(tmp_path / 'single'), str(tmp_path / 'dist')
+    run([PY, 'tools/test.py', cfg, ckpt, '--eval', 'mIoU', '--work-dir',
+         single])
+    run(['bash', 'tools/dist_test.sh', cfg, ckpt, '2', '--eval', 'mIoU',
+         '--work-dir', dist], PORT=free_port())
+    metrics = []
+    for d in (single, dist):
+        (f, ) = glob.glob(osp.join(d, 'eval_*.json'))
+        with open(f) as fh:
+            metrics.append(json.load(fh)['metric'])
+    assert metrics[0] == metrics[1]
+
+
+def test_resume_equals_straight_run(tmp_path):
+    from sar.datasets import make_shapes_dataset
+    # One training image, no flip: every iteration sees the same batch, so
+    # the data order cannot differ between the two runs.
+    root = make_shapes_dataset(str(tmp_path / 'one'), num_train=1,
+                               num_val=1, size=64)
+    n = 3
+    straight_cfg = write_config(tmp_path / 'straight.py', DEMO_SAR, root,
+                                iters=2 * n, samples=1, flip=False)
+    straight = str(tmp_path / 'straight')
+    run([PY, 'tools/train.py', straight_cfg, '--work-dir', straight,
+         '--seed', '0', '--deterministic', '--cfg-options',
+         f'checkpoint_config.interval={n}'])
+    resumed = str(tmp_path / 'resumed')
+    run([PY, 'tools/train.py', straight_cfg, '--work-dir', resumed,
+         '--seed', '0', '--deterministic', '--resume-from',
+         osp.join(straight, f'iter_{n}.pth'), '--cfg-options',
+         f'checkpoint_config.interval={n}'])
+    a = torch.load(osp.join(straight, f'iter_{2 * n}.pth'),
+                   weights_only=False)
+    b = torch.load(osp.join(resumed, f'iter_{2 * n}.pth'), weights_only=False)
+    assert a['meta']['iters_done'] == b['meta']['iters_done'] == 2 * n
+    assert list(a['state_dict']) == list(b['state_dict'])
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), key
+    for i, s in a['optimizer']['state'].items():
+        assert torch.equal(s['momentum_buffer'],
+                           b['optimizer']['state'][i]['momentum_buffer'])
+    sar = 'decode_head.sar_loss.'
+    assert bool(a['state_dict'][sar + 'initialised'])
+    # Losses of iterations n+1..2n, from the two json logs.
+    tail_a = [e for e in json_log(straight) if e['iter'] > n]
+    tail_b = json_log(resumed)
+    assert [e['iter'] for e in tail_a] == [e['iter'] for e in tail_b]
+    for ea, eb in zip(tail_a, tail_b):
+        for k, v in ea.items():
+            if 'loss' in k or k.startswith('decode.sar'):
+                assert v == eb[k], (ea['iter'], k)
+
+
+def test_export_plain_gives_identical_logits(tmp_path, shapes_root):
+    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
+    work = str(tmp_path / 'work')
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+    sar_ckpt = osp.join(work, 'iter_2.pth')
+    plain_ckpt = str(tmp_path / 'plain.pth')
+    out = run([PY, 'tools/export_plain.py', sar_ckpt, plain_ckpt])
+    assert 'SAR entries dropped' in out
+    refused = subprocess.run([PY, 'tools/export_plain.py', sar_ckpt,
+                              plain_ckpt], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and '--force' in refused.stderr
+
+    from mmcv.runner import load_checkpoint
+    from mmcv.cnn.utils import revert_sync_batchnorm
+    models = []
+    for config, ckpt in ((DEMO_SAR, sar_ckpt), (DEMO_BASELINE, plain_ckpt)):
+        model = revert_sync_batchnorm(build_segmentor(
+            Config.fromfile(config).model))
+        load_checkpoint(model, ckpt, map_location='cpu', strict=True)
+        models.append(model.eval())
+    img, metas, _ = tiny_batch(B=1, size=48)
+    with torch.no_grad():
+        logits = [m.encode_decode(img, metas) for m in models]
+    assert torch.equal(logits[0], logits[1])
+    # Stock mmseg tooling on the exported checkpoint: same metric as SAR's.
+    base_cfg = write_config(tmp_path / 'plain.py', DEMO_BASELINE,
+                            shapes_root, iters=2)
+    metrics = []
+    for config, ckpt, name in ((cfg, sar_ckpt, 'a'),
+                               (base_cfg, plain_ckpt, 'b')):
+        run([PY, 'tools/test.py', config, ckpt, '--eval', 'mIoU',
+             '--work-dir', str(tmp_path / name)])
+        (f, ) = glob.glob(str(tmp_path / name / 'eval_*.json'))
+        with open(f) as fh:
+            metrics.append(json.load(fh)['metric'])
+    assert metrics[0] == metrics[1]
