@@ -5,6 +5,7 @@ A SAR segmentor stores the wrapped head under ``decode_head.head.`` (or
 under ``decode_head[.<i>].sar_loss.``. Removing the ``head.`` level and the
 SAR entries gives the state dict of the same model without SAR.
 """
+import os
 import re
 from collections import OrderedDict
 
@@ -130,3 +131,23 @@ def official_to_sar_state_dict(state_dict, sar_prefix='decode_head'):
     started = bool(out.get(f'{sar}.initialised', False))
     out[f'{sar}.iters_since_init'] = torch.tensor(0 if started else -1)
     return out
+
+
+def save_new_checkpoint(checkpoint, out, source, force=False):
+    """``torch.save`` to ``out`` without ever harming an existing file.
+
+    Refuses to write over ``source`` and, unless ``force``, over any existing
+    file; writes to ``out + '.tmp'`` first and renames, so an interrupted run
+    leaves no half-written checkpoint under the final name.
+
+    Raises:
+        FileExistsError: ``out`` is ``source``, or exists and not ``force``.
+    """
+    if os.path.abspath(out) == os.path.abspath(source):
+        raise FileExistsError(f'{out} is the input checkpoint; choose '
+                              'another output path')
+    if os.path.exists(out) and not force:
+        raise FileExistsError(f'{out} exists; pass --force to replace it')
+    tmp = f'{out}.tmp'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out)

@@ -1,5 +1,33 @@
-"""Small runtime helpers shared by the tools (device choice, CPU fallbacks)."""
+"""Plumbing shared by tools/train.py and tools/test.py.
+
+The flags both tools share with mmseg 0.30 (config overrides, launcher),
+and the config adjustments that let a GPU config run on the machine at hand.
+"""
+import os
+
 import torch
+from mmcv.utils import Config, DictAction
+
+
+def add_common_args(parser):
+    """--options/--cfg-options, --launcher and --local_rank, as in mmseg."""
+    parser.add_argument('--options', nargs='+', action=DictAction,
+                        help='(deprecated) use --cfg-options')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_common_args(parser):
+    """Parse, merge --options into --cfg-options, export LOCAL_RANK."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.options and args.cfg_options:
+        parser.error('--options and --cfg-options cannot both be given')
+    args.cfg_options = args.cfg_options or args.options
+    return args
 
 
 def adapt_cfg_to_machine(cfg):
@@ -17,4 +45,15 @@ def adapt_cfg_to_machine(cfg):
         if dist_params.get('backend', 'nccl') != 'gloo':
             dist_params['backend'] = 'gloo'
         cfg.dist_params = dist_params
+    return cfg
+
+
+def load_config(args):
+    """The config of ``args.config`` with ``--cfg-options`` applied."""
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    adapt_cfg_to_machine(cfg)
+    if cfg.get('cudnn_benchmark', False):
+        torch.backends.cudnn.benchmark = True
     return cfg

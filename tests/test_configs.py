@@ -42,6 +42,8 @@ def test_config_builds(path):
     for split in ('train', 'val', 'test'):
         data = cfg.data[split]
         assert DATASETS.get(data['type']) is not None, data['type']
+        data = data.get('dataset', data)  # RepeatDataset and the like
+        assert DATASETS.get(data['type']) is not None, data['type']
         Compose(data['pipeline'])  # every transform is registered
     if osp.basename(path).startswith('sar_'):
         assert cfg.custom_imports == dict(imports=['sar'],

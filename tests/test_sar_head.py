@@ -1,5 +1,4 @@
 """SARHead and SemanticAnchorLoss through mmseg's registries, on CPU."""
-import copy
 
 import pytest
 import torch

@@ -41,16 +41,16 @@ def write_config(path, base, data_root, iters, samples=2, flip=True,
                  probe=False):
     """A test config over ``base``: tiny data, short schedule."""
     flip_line = '' if flip else '''
-    train=dict(pipeline=[
+    train=dict(dataset=dict(pipeline=[
         dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
         dict(type='RandomFlip', prob=0.0),
         dict(type='Normalize', mean=[123.675, 116.28, 103.53],
              std=[58.395, 57.12, 57.375], to_rgb=True),
         dict(type='DefaultFormatBundle'),
         dict(type='Collect', keys=['img', 'gt_semantic_seg'])],
-        data_root=r'{root}'),'''.format(root=data_root)
+        data_root=r'{root}')),'''.format(root=data_root)
     train_line = '' if not flip else \
-        f"\n    train=dict(data_root=r'{data_root}'),"
+        f"\n    train=dict(dataset=dict(data_root=r'{data_root}')),"
     text = f'''_base_ = r'{base}'
 data = dict(
     samples_per_gpu={samples},{flip_line}{train_line}
@@ -222,3 +222,17 @@ def test_export_plain_gives_identical_logits(tmp_path, shapes_root):
         with open(f) as fh:
             metrics.append(json.load(fh)['metric'])
     assert metrics[0] == metrics[1]
+
+
+def test_slurm_scripts_pass_arguments_through(tmp_path):
+    fake = tmp_path / 'srun'
+    fake.write_text('#!/usr/bin/env bash\necho "srun $*"\n')
+    fake.chmod(0o755)
+    env = dict(PATH=f'{tmp_path}:{os.environ["PATH"]}')
+    out = run(['bash', 'tools/slurm_train.sh', 'part', 'job', 'cfg.py',
+               '--seed', '1'], **env)
+    assert '-p part --job-name=job' in out
+    assert 'tools/train.py cfg.py --seed 1 --launcher slurm' in out
+    out = run(['bash', 'tools/slurm_test.sh', 'part', 'job', 'cfg.py',
+               'ckpt.pth', '--eval', 'mIoU'], **env)
+    assert 'tools/test.py cfg.py ckpt.pth --eval mIoU --launcher slurm' in out

@@ -7,7 +7,6 @@ HRNetV2-W48 FCN ones). See sar.export.official_to_sar_state_dict for the
 key mapping; unknown keys stop the conversion with their names.
 """
 import argparse
-import os
 import os.path as osp
 import pickle
 import sys
@@ -15,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from sar.export import official_to_sar_state_dict  # noqa: E402
+from sar.export import official_to_sar_state_dict, save_new_checkpoint  # noqa: E402,E501
 
 
 def parse_args():
@@ -32,10 +31,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if osp.abspath(args.out) == osp.abspath(args.checkpoint):
-        sys.exit('convert_official: OUT must differ from the input')
-    if osp.exists(args.out) and not args.force:
-        sys.exit(f'convert_official: {args.out} exists; pass --force')
     # A downloaded file: tensors and plain data only, unless --trust.
     try:
         ckpt = torch.load(args.checkpoint, map_location='cpu',
@@ -48,10 +43,12 @@ def main():
         converted = official_to_sar_state_dict(state)
     except ValueError as err:
         sys.exit(f'convert_official: {args.checkpoint}: {err}')
-    tmp = f'{args.out}.tmp'
-    torch.save(dict(meta=dict(converted_from=osp.basename(args.checkpoint)),
-                    state_dict=converted), tmp)
-    os.replace(tmp, args.out)
+    try:
+        save_new_checkpoint(
+            dict(meta=dict(converted_from=osp.basename(args.checkpoint)),
+                 state_dict=converted), args.out, args.checkpoint, args.force)
+    except FileExistsError as err:
+        sys.exit(f'convert_official: {err}')
     print(f'wrote {args.out}: {len(converted)} tensors')
 
 

@@ -1,25 +1,5 @@
 #!/usr/bin/env bash
 # bash tools/dist_test.sh CONFIG CHECKPOINT N [test.py options]
-# N processes per node through torch.distributed.run: one per GPU, or N CPU
-# processes over gloo when there is no GPU. Multi-node: set NNODES, NODE_RANK,
-# MASTER_ADDR and PORT on every node. PYTHON picks the interpreter.
-set -e
-CONFIG=$1
-CHECKPOINT=$2
-NPROC=$3
-EXTRA=("$CHECKPOINT" "${@:4}")
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PYTHON=${PYTHON:-python}
-TOOLS="$(cd "$(dirname "$0")" && pwd)"
-
-PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$NPROC" \
-    --master_port="$PORT" \
-    "$TOOLS/test.py" "$CONFIG" "${EXTRA[@]}" --launcher pytorch
+# N processes: one per GPU, or N CPU processes (gloo) without GPUs.
+# NNODES, NODE_RANK, MASTER_ADDR, PORT and PYTHON: see dist_run.sh.
+exec bash "$(dirname "$0")/dist_run.sh" test.py "$3" "$1" "$2" "${@:4}"

@@ -8,14 +8,13 @@ config with stock mmseg and no plugin, and gives the same logits. The
 optimizer state is dropped (a deployment checkpoint); ``meta`` is kept.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from sar.export import sar_to_plain_state_dict  # noqa: E402
+from sar.export import sar_to_plain_state_dict, save_new_checkpoint  # noqa: E402,E501
 
 
 def parse_args():
@@ -29,13 +28,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if osp.abspath(args.out) == osp.abspath(args.checkpoint):
-        sys.exit('export_plain: OUT must differ from the input checkpoint')
-    if osp.exists(args.out) and not args.force:
-        sys.exit(f'export_plain: {args.out} exists; pass --force to replace')
-    # Our own training output: it holds the runner's meta, not only tensors.
-    ckpt = torch.load(args.checkpoint, map_location='cpu',
-                      weights_only=False)
+    # Tensors and plain data only (numpy values in meta are allowed by
+    # sar.compat); an mmseg checkpoint needs nothing more.
+    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
     state = ckpt.get('state_dict', ckpt)
     try:
         plain = sar_to_plain_state_dict(state)
@@ -43,9 +38,11 @@ def main():
         sys.exit(f'export_plain: {args.checkpoint}: {err}')
     meta = dict(ckpt.get('meta', {}))
     meta['exported_from_sar'] = osp.basename(args.checkpoint)
-    tmp = f'{args.out}.tmp'
-    torch.save(dict(meta=meta, state_dict=plain), tmp)
-    os.replace(tmp, args.out)  # never leave a half-written checkpoint
+    try:
+        save_new_checkpoint(dict(meta=meta, state_dict=plain), args.out,
+                            args.checkpoint, args.force)
+    except FileExistsError as err:
+        sys.exit(f'export_plain: {err}')
     dropped = len(state) - len(plain)
     print(f'wrote {args.out}: {len(plain)} tensors ({dropped} SAR entries '
           'dropped)')

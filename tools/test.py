@@ -12,14 +12,13 @@ import time
 import warnings
 
 import mmcv
-import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import (get_dist_info, init_dist, load_checkpoint,
                          wrap_fp16_model)
-from mmcv.utils import Config, DictAction
+from mmcv.utils import DictAction
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.runtime import adapt_cfg_to_machine
+from sar.runtime import add_common_args, load_config, parse_common_args
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
@@ -43,22 +42,12 @@ def parse_args():
     parser.add_argument('--gpu-id', type=int, default=0,
                         help='id of gpu to use, non-distributed')
     parser.add_argument('--tmpdir', help='tmp dir for collecting results')
-    parser.add_argument('--options', nargs='+', action=DictAction,
-                        help='(deprecated) use --cfg-options')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
     parser.add_argument('--eval-options', nargs='+', action=DictAction,
                         help='custom options for evaluation')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of painted segmentation maps, (0, 1]')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if args.options and args.cfg_options:
-        parser.error('--options and --cfg-options cannot both be given')
-    args.cfg_options = args.cfg_options or args.options
+    add_common_args(parser)
+    args = parse_common_args(parser)
     if not (args.out or args.eval or args.format_only or args.show
             or args.show_dir):
         parser.error('say what to do with the results: --out, --eval, '
@@ -77,12 +66,7 @@ def main():
     from mmseg.utils import build_ddp, build_dp, get_device
 
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    adapt_cfg_to_machine(cfg)
-    if cfg.get('cudnn_benchmark', False):
-        torch.backends.cudnn.benchmark = True
+    cfg = load_config(args)
     if args.aug_test:
         flip_aug = cfg.data.test.pipeline[1]
         flip_aug.img_ratios = AUG_TEST_RATIOS

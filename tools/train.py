@@ -5,18 +5,16 @@ on CPU in N gloo processes (``tools/dist_train.sh CONFIG N`` without GPUs).
 """
 import argparse
 import copy
-import os
 import os.path as osp
 import time
 
 import mmcv
-import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import get_dist_info, init_dist
-from mmcv.utils import Config, DictAction, get_git_hash
+from mmcv.utils import get_git_hash
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.runtime import adapt_cfg_to_machine
+from sar.runtime import add_common_args, load_config, parse_common_args
 
 
 def parse_args():
@@ -39,20 +37,10 @@ def parse_args():
                         help='a different seed on each rank')
     parser.add_argument('--deterministic', action='store_true',
                         help='deterministic options for CUDNN')
-    parser.add_argument('--options', nargs='+', action=DictAction,
-                        help='(deprecated) use --cfg-options')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument('--auto-resume', action='store_true',
                         help='resume from the latest checkpoint of work-dir')
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if args.options and args.cfg_options:
-        parser.error('--options and --cfg-options cannot both be given')
-    args.cfg_options = args.cfg_options or args.options
+    add_common_args(parser)
+    args = parse_common_args(parser)
     return args
 
 
@@ -64,12 +52,7 @@ def main():
     from mmseg.utils import collect_env, get_device, get_root_logger
 
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    adapt_cfg_to_machine(cfg)
-    if cfg.get('cudnn_benchmark', False):
-        torch.backends.cudnn.benchmark = True
+    cfg = load_config(args)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.load_from is not None:
@@ -128,7 +111,8 @@ def main():
     datasets = [build_dataset(cfg.data.train)]
     if len(cfg.workflow) == 2:
         val = copy.deepcopy(cfg.data.val)
-        val.pipeline = cfg.data.train.pipeline
+        train = cfg.data.train
+        val.pipeline = train.get('dataset', train).pipeline
         datasets.append(build_dataset(val))
     if cfg.checkpoint_config is not None:
         cfg.checkpoint_config.meta = dict(

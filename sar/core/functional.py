@@ -55,7 +55,7 @@ def init_anchors(num_classes, dim, method='gaussian', generator=None):
 
 
 def anchor_ce(logits, filter_conf=0.9, detach_weights=False):
-    """Classifier-aware auxiliary cross-entropy of the embedded anchors (Eq. 5).
+    """Classifier-aware auxiliary cross-entropy of the embedded anchors.
 
     Anchor i is classified against label i. Anchors whose own-class
     probability already exceeds ``filter_conf`` get weight 0; the others are
@@ -87,7 +87,7 @@ def anchor_ce(logits, filter_conf=0.9, detach_weights=False):
 
 
 def gate_open(logits, ce, update_conf=0.8):
-    """Whether the embedded anchors may update the semantic anchors (Eq. 6).
+    """Whether the embedded anchors may update the semantic anchors.
 
     Open when every anchor is classified as its own class and every CE is
     below ``-log(update_conf)``.
@@ -105,12 +105,13 @@ def ema_update(semantic, embedded, initialised, gate, momentum=0.999):
     """Gated EMA of the semantic anchors, without a host synchronisation.
 
     The first open gate copies ``embedded``; later ones follow
-    ``S = m * S + (1 - m) * E`` (Eq. 7). A closed gate changes nothing.
+    ``S = m * S + (1 - m) * E``. A closed gate changes nothing.
 
     Args:
         semantic (Tensor): S, the semantic anchors, updated in place.
         embedded (Tensor): E, the embedded anchors (detached by the caller).
-        initialised (Tensor): bool (), whether S holds a value; updated in place.
+        initialised (Tensor): bool (), whether S holds a value; updated in
+            place.
         gate (Tensor): bool (), see :func:`gate_open`.
         momentum (float): the paper's m.
 
@@ -154,7 +155,7 @@ class _MSEPull(torch.autograd.Function):
 
 
 def pull_loss(feats, labels, anchors, ignore_index=255, distance='mse'):
-    """Pull every labelled pixel's feature toward its class anchor (Eq. 8).
+    """Pull every labelled pixel's feature toward its class anchor.
 
     Averaged over valid pixels, and over channels for 'mse'. The anchors are
     detached: features move toward anchors, never the reverse.
@@ -174,7 +175,8 @@ def pull_loss(feats, labels, anchors, ignore_index=255, distance='mse'):
     if distance not in DISTANCES:
         raise ValueError(f'distance must be one of {DISTANCES}, '
                          f'got {distance!r}')
-    if feats.shape[0] != labels.shape[0] or feats.shape[2:] != labels.shape[1:]:
+    if (feats.shape[0] != labels.shape[0]
+            or feats.shape[2:] != labels.shape[1:]):
         raise ValueError(f'feats {tuple(feats.shape)} and labels '
                          f'{tuple(labels.shape)} must share batch and h, w')
     dtype = torch.promote_types(feats.dtype, torch.float32)

@@ -13,7 +13,7 @@ PULL_MODES = ('gate', 'after_init')
 
 
 class AnchorProjector(nn.Module):
-    """Embeds the pre-defined anchors among the head features (Sec. 3.2).
+    """Embeds the pre-defined anchors among the head features.
 
     Linear-norm-ReLU, Linear-norm-ReLU, 1x1 conv (no bias)-norm-ReLU. The C
     anchors are the batch of every norm layer; the ReLU keeps the embedding

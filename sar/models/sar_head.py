@@ -87,7 +87,8 @@ class SARHead(BaseModule):
         The classifier is called directly: no dropout on this path.
         """
         conv = self.head.conv_seg
-        return conv(embedded[:, :, None, None].to(conv.weight.dtype)).flatten(1)
+        logits = conv(embedded[:, :, None, None].to(conv.weight.dtype))
+        return logits.flatten(1)
 
     def forward_train(self, *args, **kwargs):
         """The wrapped head's losses plus the SAR losses and diagnostics.

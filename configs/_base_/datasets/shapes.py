@@ -34,8 +34,13 @@ data = dict(
     samples_per_gpu=4,
     workers_per_gpu=0,
     persistent_workers=False,
-    train=dict(**split, img_dir='img_dir/train', ann_dir='ann_dir/train',
-               pipeline=train_pipeline),
+    # Repeated so that an epoch is long: mmcv's IterLoader sleeps 2 s at
+    # every epoch boundary, which would dominate a small data set's run.
+    train=dict(
+        type='RepeatDataset',
+        times=100,
+        dataset=dict(**split, img_dir='img_dir/train',
+                     ann_dir='ann_dir/train', pipeline=train_pipeline)),
     val=dict(**split, img_dir='img_dir/val', ann_dir='ann_dir/val',
              pipeline=test_pipeline),
     test=dict(**split, img_dir='img_dir/val', ann_dir='ann_dir/val',

@@ -1,0 +1,44 @@
+"""The README's commands: the Quick start is what CI and users run, the
+plain-torch example executes, and every path it names exists."""
+import os.path as osp
+import re
+
+from conftest import ROOT
+
+with open(osp.join(ROOT, 'README.md')) as f:
+    README = f.read()
+BLOCKS = re.findall(r'```(\w+)\n(.*?)```', README, re.S)
+
+
+def test_quick_start_is_make_demo_then_make_test():
+    quick = README.split('## Quick start', 1)[1].split('\n## ', 1)[0]
+    shell = [body.strip() for lang, body in
+             re.findall(r'```(\w+)\n(.*?)```', quick, re.S)]
+    assert shell == ['make demo', 'make test']
+    with open(osp.join(ROOT, 'Makefile')) as f:
+        makefile = f.read()
+    assert re.search(r'^demo: install$', makefile, re.M)
+    assert re.search(r'^test: install$', makefile, re.M)
+    with open(osp.join(ROOT, '.ci', 'run')) as f:
+        ci = [line for line in f.read().splitlines()
+              if line and not line.startswith('#')]
+    assert ci[-1] == 'make test'
+
+
+def test_plain_torch_example_runs():
+    (code, ) = [body for lang, body in BLOCKS
+                if lang == 'python' and 'from sar.core' in body]
+    scope = {}
+    exec(compile(code, 'README.md', 'exec'), scope)
+    assert scope['loss'].requires_grad
+    assert scope['feats'].grad is not None
+
+
+def test_paths_named_in_shell_blocks_exist():
+    named = set()
+    for lang, body in BLOCKS:
+        if lang == 'shell':
+            named.update(re.findall(r'(?:tools|configs)/[\w./-]+', body))
+    assert named
+    for path in named:
+        assert osp.exists(osp.join(ROOT, path)), path
