@@ -1,7 +1,38 @@
+"""SAR: Semantic Anchor Regularization as an mmsegmentation 0.x plugin.
+
+mmcv-full is deliberately not a requirement: it must be built against the
+torch at hand (tools/setup_env.sh does that), and listing it would make pip
+try to build or replace it in a working environment. ``import sar`` checks
+its version and says how to install a supported one.
+"""
 from setuptools import find_packages, setup
+
+
+def version():
+    scope = {}
+    with open('sar/version.py') as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+with open('README.md', encoding='utf-8') as f:
+    long_description = f.read()
 
 setup(
     name='sar',
-    version='0.1.0',
+    version=version(),
+    description='Semantic Anchor Regularization (AAAI 2024) for '
+    'mmsegmentation 0.x',
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
     packages=find_packages(include=['sar', 'sar.*']),
+    python_requires='>=3.8',
+    install_requires=['mmsegmentation>=0.30.0,<0.31', 'numpy', 'prettytable'],
+    extras_require={'tests': ['pytest']},
+    classifiers=[
+        'License :: OSI Approved :: Apache Software License',
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
 )
