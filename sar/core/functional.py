@@ -129,28 +129,33 @@ class _MSEPull(torch.autograd.Function):
     """sum over valid pixels of ||f - S[y]||^2, saving nothing feature-sized.
 
     The plain autograd version keeps the (B, D, h, w) difference alive until
-    backward; this one recomputes it per image in backward instead.
+    backward; this one recomputes it per image in backward instead. The
+    anchors are gathered as columns of S^T, which lands them directly in the
+    (D, h*w) layout of one image's features (no strided permute).
     """
 
     @staticmethod
     def forward(ctx, feats, labels, valid, anchors):
-        # Half-precision features are accumulated in float32.
+        # Half-precision features are accumulated in float32 or wider.
         total = feats.new_zeros((), dtype=anchors.dtype)
+        columns = anchors.t().contiguous()  # (D, C)
         for f, y, m in zip(feats, labels, valid):
-            diff = F.embedding(y, anchors).permute(2, 0, 1)
-            diff.sub_(f).pow_(2)  # (D, h, w)
-            total += (diff.sum(dim=0) * m).sum()
-        ctx.save_for_backward(feats, labels, valid, anchors)
+            diff = columns.index_select(1, y.reshape(-1))  # (D, h*w)
+            diff.sub_(f.reshape(diff.shape[0], -1)).square_()
+            total += (diff.sum(dim=0) * m.reshape(-1)).sum()
+        ctx.save_for_backward(feats, labels, valid, columns)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        feats, labels, valid, anchors = ctx.saved_tensors
+        feats, labels, valid, columns = ctx.saved_tensors
         grad = torch.empty_like(feats)
         for i, (f, y, m) in enumerate(zip(feats, labels, valid)):
-            target = F.embedding(y, anchors).permute(2, 0, 1)
-            diff = f.to(target.dtype) - target
-            grad[i] = diff.mul_(m * (2 * grad_out))
+            diff = columns.index_select(1, y.reshape(-1))
+            torch.sub(f.reshape(diff.shape[0], -1).to(diff.dtype), diff,
+                      out=diff)
+            diff.mul_(m.reshape(1, -1) * (2 * grad_out))
+            grad[i] = diff.view_as(f)
         return grad, None, None, None
 
 
