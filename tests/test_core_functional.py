@@ -250,3 +250,59 @@ def test_downsample_labels_nearest_keeps_ids():
     small = downsample_labels(labels, (2, 2))
     assert small.tolist() == [[[0, 1], [2, 255]]] and small.dtype == \
         torch.long
+
+
+# Exact nearest resizing: (input size, output size, source rows, source
+# columns), the sources worked out by hand as floor(i * in / out). Every
+# case has a non-integer ratio; 'nearest-exact' (floor((i + 0.5) * in / out))
+# would pick other rows or columns in each.
+@pytest.mark.parametrize('in_size,out_size,rows,cols', [
+    ((7, 5), (3, 2), [0, 2, 4], [0, 2]),
+    ((13, 11), (5, 4), [0, 2, 5, 7, 10], [0, 2, 5, 8]),
+    ((2, 3), (4, 5), [0, 0, 1, 1], [0, 0, 1, 1, 2]),  # upsampling
+    ((9, 9), (4, 4), [0, 2, 4, 6], [0, 2, 4, 6]),
+])
+def test_downsample_labels_is_exact_nearest(in_size, out_size, rows, cols):
+    H, W = in_size
+    labels = (torch.arange(H)[:, None] * 16 + torch.arange(W)).view(1, H, W)
+    want = [[r * 16 + c for c in cols] for r in rows]
+    assert downsample_labels(labels, out_size).tolist() == [want]
+    assert downsample_labels(labels[:, None], out_size).tolist() == [want]
+
+
+@pytest.mark.parametrize('ignore_frac', [0.0, 0.5])
+def test_cosine_pull_gradcheck(ignore_frac):
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(2, 3, 2, 3, dtype=torch.float64, generator=g,
+                        requires_grad=True)
+    labels = torch.randint(0, 4, (2, 2, 3), generator=g)
+    labels[torch.rand(2, 2, 3, generator=g) < ignore_frac] = IGNORE
+    anchors = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(
+        lambda f: pull_loss(f, labels, anchors, IGNORE, 'cosine'), (feats, ))
+
+
+def test_projector_equals_explicit_matrix_products():
+    from sar.core import AnchorProjector
+    torch.manual_seed(0)
+    proj = AnchorProjector(5).double()
+    with torch.no_grad():  # non-trivial affine parameters in every norm
+        for norm in (proj.norm1, proj.norm2, proj.norm3):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    def bn(z, norm):
+        mean = z.mean(0)
+        var = ((z - mean) ** 2).mean(0)
+        return (z - mean) / torch.sqrt(var + norm.eps) * norm.weight + \
+            norm.bias
+
+    want = x
+    want = bn(want @ proj.fc1.weight.t() + proj.fc1.bias, proj.norm1).relu()
+    want = bn(want @ proj.fc2.weight.t() + proj.fc2.bias, proj.norm2).relu()
+    want = bn(want @ proj.proj.weight.t(), proj.norm3).relu()
+    got = proj(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert proj.proj.bias is None
+    assert (got == 0).any() and (got >= 0).all()  # the last ReLU acts

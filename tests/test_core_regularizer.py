@@ -172,3 +172,84 @@ def test_two_gloo_processes_hold_identical_anchors():
     # Rank 1's gate is closed in steps 0 and 2, so the common gate opens in
     # steps 1 and 3 only: initialised at step 1, aged by steps 2 and 3.
     assert [r['iters'] for r in results] == [2, 2]
+
+
+def _sync_rank_main(rank, world, init_file, out_file):
+    """Each rank trains its own copy on its own data (no DDP), so the
+    embedded anchors drift apart; one regularizer syncs, one does not."""
+    import sar.core.dist as sar_dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    runs = {}
+    for synced in (True, False):
+        torch.manual_seed(0)  # identical start on every rank
+        reg = SemanticAnchorRegularizer(C, D, filter_conf=1.0,
+                                        ema_momentum=0.7).double()
+        linear = nn.Linear(D, C).double()
+        opt = torch.optim.SGD([*reg.parameters(), *linear.parameters()],
+                              lr=0.5)
+        captured = []
+        reg.projector.register_forward_hook(
+            lambda mod, args, out: captured.append(out.detach().clone()))
+        original = sar_dist.mean_across_ranks
+        if not synced:
+            sar_dist.mean_across_ranks = lambda tensor: tensor
+        embedded, semantic = [], []
+        try:
+            for step in range(4):
+                feats, labels = batch(seed=100 * rank + step)
+                feats = feats.detach().double()
+                out = reg(feats, labels, lambda e: linear(e) + 8.0 * torch.eye(
+                    C, dtype=torch.float64))
+                pixel_logits = linear(feats.permute(0, 2, 3, 1))
+                small = labels[:, 0, ::2, ::2]
+                pixel_ce = nn.functional.cross_entropy(
+                    pixel_logits.permute(0, 3, 1, 2), small,
+                    ignore_index=255)
+                opt.zero_grad()
+                (out['anchor_ce'] + pixel_ce).backward()
+                opt.step()
+                every = [torch.zeros(C, D, dtype=torch.float64)
+                         for _ in range(world)]
+                dist.all_gather(every, captured[-1])
+                embedded.append(torch.stack(every))
+                gathered = [torch.zeros(C, D, dtype=torch.float64)
+                            for _ in range(world)]
+                dist.all_gather(gathered, reg.semantic_anchors)
+                semantic.append(torch.stack(gathered))
+                assert bool(out['gate_open'])
+        finally:
+            sar_dist.mean_across_ranks = original
+        runs[synced] = dict(embedded=embedded, semantic=semantic)
+    torch.save(runs, f'{out_file}.{rank}')
+    dist.destroy_process_group()
+
+
+def test_ema_anchors_are_the_mean_of_every_ranks_embedding():
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, 'init')
+        out_file = os.path.join(tmp, 'out')
+        mp.spawn(_sync_rank_main, args=(2, init_file, out_file), nprocs=2)
+        runs = torch.load(f'{out_file}.0')
+    m = 0.7
+    synced, unsynced = runs[True], runs[False]
+    # Precondition: the ranks' embedded anchors differ after the first
+    # optimizer step, so agreement cannot come for free.
+    assert not torch.allclose(synced['embedded'][-1][0],
+                              synced['embedded'][-1][1])
+    expected = None
+    for step, (e, s) in enumerate(zip(synced['embedded'],
+                                      synced['semantic'])):
+        mean = e.mean(dim=0)
+        expected = mean if expected is None else m * expected + (1 - m) * mean
+        assert torch.equal(s[0], s[1]), step  # bit-identical across ranks
+        torch.testing.assert_close(s[0], expected, rtol=1e-12, atol=1e-12)
+    # Without the sync every rank follows its own embeddings, and the ranks'
+    # semantic anchors part.
+    for rank in range(2):
+        own = None
+        for e, s in zip(unsynced['embedded'], unsynced['semantic']):
+            own = e[rank] if own is None else m * own + (1 - m) * e[rank]
+            torch.testing.assert_close(s[rank], own, rtol=1e-12, atol=1e-12)
+    last = unsynced['semantic'][-1]
+    assert (last[0] - last[1]).abs().max() > 1e-6
