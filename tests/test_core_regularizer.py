@@ -253,3 +253,57 @@ def test_ema_anchors_are_the_mean_of_every_ranks_embedding():
             torch.testing.assert_close(s[rank], own, rtol=1e-12, atol=1e-12)
     last = unsynced['semantic'][-1]
     assert (last[0] - last[1]).abs().max() > 1e-6
+
+
+def test_eval_mode_leaves_the_sar_state_alone():
+    """mmcv's val workflow calls forward_train in eval mode under no_grad:
+    the gate may be reported, but S, the flag and the counter stay."""
+    reg = make()
+    feats, labels = batch()
+    oracle = open_gate(reg)
+    reg(feats, labels, oracle)  # initialised in training mode
+    with torch.no_grad():
+        reg.projector.norm3.bias.add_(1.0)  # E now differs from S
+    before = {k: v.clone() for k, v in reg.state_dict().items()
+              if 'projector' not in k}
+    reg.eval()
+    with torch.no_grad():
+        out = reg(feats.detach(), labels, oracle)
+    assert out['gate_open'].item() == 1  # reported ...
+    for key, value in reg.state_dict().items():  # ... but nothing updated
+        if key in before:
+            assert torch.equal(value, before[key]), key
+    reg.train()
+    reg(feats, labels, oracle)
+    assert not torch.equal(reg.semantic_anchors,
+                           before['semantic_anchors'])  # training moves it
+    assert reg.iters_since_init.item() == 1
+
+
+def test_one_class_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match='num_classes >= 2.*num_classes=2'):
+        SemanticAnchorRegularizer(1, D)
+
+
+def _seed_rank_main(rank, world, init_file, out_file):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                            rank=rank, world_size=world)
+    torch.manual_seed(1000 + rank)  # --diff_seed: every rank its own draw
+    reg = SemanticAnchorRegularizer(C, D)
+    drawn = reg.init_anchors.clone()
+    feats, labels = batch(seed=rank)
+    reg(feats, labels, nn.Linear(D, C))
+    torch.save({'drawn': drawn, 'after': reg.init_anchors.clone()},
+               f'{out_file}.{rank}')
+    dist.destroy_process_group()
+
+
+def test_init_anchors_agree_across_ranks_whatever_the_seeds():
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, 'init')
+        out_file = os.path.join(tmp, 'out')
+        mp.spawn(_seed_rank_main, args=(2, init_file, out_file), nprocs=2)
+        r0, r1 = (torch.load(f'{out_file}.{r}') for r in range(2))
+    assert not torch.equal(r0['drawn'], r1['drawn'])  # seeds did differ
+    assert torch.equal(r0['after'], r0['drawn'])  # rank 0's draw wins
+    assert torch.equal(r1['after'], r0['drawn'])

@@ -2,7 +2,9 @@
 
 DDP averages gradients but not buffers (mmseg wraps models with
 ``broadcast_buffers=False``), so the gate decision and the EMA anchors are
-reduced here. Both are no-ops without an initialised process group.
+reduced here, and the pre-defined anchors, drawn per process at build
+time, are made rank 0's once. All are no-ops without an initialised process
+group.
 """
 import torch
 import torch.distributed as dist
@@ -30,4 +32,16 @@ def mean_across_ranks(tensor):
     if _world():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def broadcast_from_first(tensor):
+    """Overwrite ``tensor`` on every rank with rank 0's, in place; returns it.
+
+    DDP does not broadcast buffers at wrap time when built with
+    ``broadcast_buffers=False`` (mmseg's choice), so a buffer drawn from
+    per-rank seeds (``--diff_seed``) stays per rank without this.
+    """
+    if _world():
+        dist.broadcast(tensor, src=0)
     return tensor

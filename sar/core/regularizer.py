@@ -89,6 +89,11 @@ class SemanticAnchorRegularizer(nn.Module):
                  detach_ce_weights=False,
                  norm_layer=nn.BatchNorm2d):
         super().__init__()
+        if num_classes < 2:
+            raise ValueError(
+                f'SAR needs num_classes >= 2 (one anchor per class, each '
+                f'classified against the others), got {num_classes}; for '
+                f'binary segmentation use a softmax head with num_classes=2')
         if pull_mode not in PULL_MODES:
             raise ValueError(f'pull_mode must be one of {PULL_MODES}, '
                              f'got {pull_mode!r}')
@@ -127,10 +132,25 @@ class SemanticAnchorRegularizer(nn.Module):
         # Iterations since the semantic anchors were first set; -1 before.
         self.register_buffer('iters_since_init',
                              torch.full((), -1, dtype=torch.long))
+        # A0 comes from each process's own generator; it is made rank 0's at
+        # the first training step (see _agree_on_init_anchors).
+        self._init_anchors_agreed = False
 
     def embed_anchors(self):
         """E = P(A0). Shape: (C, D)."""
         return self.projector(self.init_anchors)
+
+    def _agree_on_init_anchors(self):
+        """Make A0 rank 0's on every rank, once per process.
+
+        Under ``--diff_seed`` every rank draws its own A0 and DDP (with
+        mmseg's ``broadcast_buffers=False``) never broadcasts buffers, so
+        each rank would embed different anchors. A checkpoint loaded on
+        every rank already agrees; broadcasting again is harmless.
+        """
+        if not self._init_anchors_agreed:
+            sar_dist.broadcast_from_first(self.init_anchors)
+            self._init_anchors_agreed = True
 
     def forward(self, feats, labels, classifier):
         """Both SAR losses for one training batch.
@@ -149,17 +169,24 @@ class SemanticAnchorRegularizer(nn.Module):
             dict: ``pull`` and ``anchor_ce`` (weighted losses, every call),
             ``anchor_acc``, ``gate_open``, ``iters_since_init``
             (diagnostics, no gradient).
+
+        The gate, the EMA anchors and the counter change only in training
+        mode: mmcv's val workflow calls ``forward_train`` in eval mode, where
+        the projector's norms use running statistics and nothing is learnt.
         """
+        if self.training:
+            self._agree_on_init_anchors()
         embedded = self.embed_anchors()
         logits = classifier(embedded)
         ce_loss, ce = anchor_ce(logits, self.filter_conf,
                                 self.detach_ce_weights)
         with torch.no_grad():
             gate = sar_dist.all_gate(gate_open(logits, ce, self.update_conf))
-            ema_update(self.semantic_anchors, embedded.detach(),
-                       self.initialised, gate, self.ema_momentum)
-            sar_dist.mean_across_ranks(self.semantic_anchors)
-            self.iters_since_init.add_(self.initialised.long())
+            if self.training:
+                ema_update(self.semantic_anchors, embedded.detach(),
+                           self.initialised, gate, self.ema_momentum)
+                sar_dist.mean_across_ranks(self.semantic_anchors)
+                self.iters_since_init.add_(self.initialised.long())
             pulling = gate if self.pull_mode == 'gate' else self.initialised
             labels_small = downsample_labels(labels, feats.shape[2:])
         pull = pull_loss(feats, labels_small, self.semantic_anchors,
