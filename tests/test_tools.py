@@ -110,11 +110,15 @@ def test_dist_train_two_cpu_processes(tmp_path, shapes_root):
     cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=8,
                        probe=True)
     work = str(tmp_path / 'work')
+    # --diff_seed: each rank draws its own pre-defined anchors at build
+    # time; they must still agree once training starts.
     out = run(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work,
-               '--seed', '0', '--deterministic'], PORT=free_port())
+               '--seed', '0', '--deterministic', '--diff_seed'],
+              PORT=free_port())
     assert 'Distributed training: True' in out
     r0, r1 = (torch.load(osp.join(work, f'rank{r}.pth')) for r in range(2))
     assert (r0['rank'], r1['rank'], r0['world']) == (0, 1, 2)
+    assert (r0['seed'], r1['seed']) == (0, 1)
     assert r0['keys'] == r1['keys'] and len(r0['keys']) == 8
     assert set(r0['sar_state']) == set(r1['sar_state'])
     for key, value in r0['sar_state'].items():

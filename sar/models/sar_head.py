@@ -68,6 +68,34 @@ class SARHead(BaseModule):
         sar_loss.setdefault('ignore_index', -1 if ignore is None else ignore)
         sar_loss.setdefault('norm_cfg', self.head.norm_cfg)
         self.sar_loss = build_loss(sar_loss)
+        self._register_load_state_dict_pre_hook(self._wrap_plain_head_keys)
+
+    @staticmethod
+    def _wrap_plain_head_keys(state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        """Move a plain decode head's keys under ``head.`` before loading.
+
+        A checkpoint of the same model without SAR (an mmseg zoo model, say)
+        holds the head as ``<prefix>conv_seg.weight`` etc.; here it lives
+        under ``<prefix>head.``. mmcv loads non-strictly and would only warn,
+        leaving the head random, so the keys are moved in place (mmcv and
+        torch pass the same dict on to the children). A checkpoint already
+        in this layout is left alone; the SAR state then stays as built.
+        """
+        ours = [k for k in state_dict if k.startswith(prefix)]
+        if not ours or any(k.startswith(f'{prefix}head.') for k in ours):
+            return
+        metadata = getattr(state_dict, '_metadata', None)
+        for key in ours:
+            rest = key[len(prefix):]
+            if rest.startswith('sar_loss.'):
+                continue
+            state_dict[f'{prefix}head.{rest}'] = state_dict.pop(key)
+        if metadata is not None:
+            for name in [n for n in metadata if n.startswith(prefix)]:
+                rest = name[len(prefix):]
+                if rest.split('.')[0] not in ('head', 'sar_loss'):
+                    metadata[f'{prefix}head.{rest}'] = metadata[name]
 
     def __getattr__(self, name):
         if name in _FORWARDED:

@@ -5,18 +5,36 @@ from mmseg.models.builder import LOSSES
 from ..core import SemanticAnchorRegularizer
 
 
+# Norm types that cannot normalise the projector's (C, D, 1, 1) input, and
+# why. BN/BN2d, SyncBN and GN can.
+_UNFIT_NORMS = {
+    'LN': 'normalises the last axis, not the channels',
+    'IN': 'normalises each anchor over its own 1x1 map (torch: "Expected '
+          'more than 1 spatial element")',
+    'IN1d': 'expects (N, C, L) input',
+    'IN2d': 'normalises each anchor over its own 1x1 map',
+    'IN3d': 'expects 5-d input',
+    'BN1d': 'expects (N, C) or (N, C, L) input',
+    'BN3d': 'expects 5-d input',
+}
+
+
 def norm_factory(norm_cfg):
     """``dim -> nn.Module`` from an mmcv norm config, for the projector.
 
-    The projector feeds its norm layers (C, D, 1, 1), which BN, SyncBN, GN
-    and IN all accept; LayerNorm ('LN') would normalise the wrong axis.
+    The projector feeds its norm layers (C, D, 1, 1) with the C anchors as
+    the batch: BN, SyncBN and GN fit; LN and IN (and 1-d/3-d BN) do not and
+    are refused here, at build time, with the fix.
     """
     norm_cfg = dict(norm_cfg or dict(type='BN'))
-    if norm_cfg['type'] == 'LN':
+    kind = norm_cfg['type']
+    if kind in _UNFIT_NORMS:
         raise ValueError(
-            "SemanticAnchorLoss: norm_cfg type 'LN' normalises the last axis "
-            "and cannot serve the anchor projector; set "
-            "sar_loss=dict(norm_cfg=dict(type='BN')) (or 'SyncBN' under DDP)")
+            f'SemanticAnchorLoss: norm_cfg type {kind!r} cannot serve the '
+            f'anchor projector: it {_UNFIT_NORMS[kind]}. The projector '
+            'takes the wrapped head\'s norm_cfg unless told otherwise; set '
+            "sar_loss=dict(norm_cfg=dict(type='BN')) (or 'SyncBN' under "
+            "DDP, or 'GN')")
 
     def build(dim):
         return build_norm_layer(norm_cfg, dim)[1]

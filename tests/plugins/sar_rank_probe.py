@@ -16,6 +16,8 @@ class SARRankProbeHook(Hook):
     def __init__(self):
         self.keys = []
         self.losses = []
+        # The seed this rank was given (differs per rank under --diff_seed).
+        self.seed = torch.initial_seed()
 
     def after_train_iter(self, runner):
         log_vars = runner.outputs['log_vars']
@@ -33,5 +35,6 @@ class SARRankProbeHook(Hook):
                  for k, v in h.sar_loss.state_dict().items()}
         rank, world = get_dist_info()
         torch.save(dict(rank=rank, world=world, keys=self.keys,
+                        seed=self.seed,
                         losses=self.losses, sar_state=state),
                    osp.join(runner.work_dir, f'rank{rank}.pth'))
