@@ -391,3 +391,24 @@ def test_sar_checkpoint_round_trips_and_exports(tmp_path):
     with torch.no_grad():
         assert torch.equal(plain.eval().encode_decode(img, metas),
                            sar_model.eval().encode_decode(img, metas))
+
+
+def test_prototype_ablation_is_a_config_switch():
+    x, gt = inputs()
+    losses = {}
+    for source in ('embedded', 'prototype'):
+        head = sar_head(anchor_source=source)
+        opt = torch.optim.SGD(head.parameters(), lr=0.1)
+        for _ in range(2):
+            out = head.forward_train(x, [{}] * 2, gt, None)
+            opt.zero_grad()
+            sum(v for k, v in out.items() if 'loss' in k).backward()
+            opt.step()
+        losses[source] = out
+    assert set(losses['embedded']) == set(losses['prototype'])
+    proto = losses['prototype']
+    assert proto['loss_sar_pull'].item() > 0  # pulls from the first step
+    assert proto['loss_sar_anchor_ce'].item() == 0
+    assert losses['embedded']['loss_sar_anchor_ce'].item() > 0
+    assert not hasattr(head.sar_loss.projector, 'fc1')
+    assert head.sar_loss.class_seen.all()  # every class was in the batch

@@ -35,6 +35,13 @@ def mean_across_ranks(tensor):
     return tensor
 
 
+def sum_across_ranks(tensor):
+    """Add ``tensor`` over all ranks, in place; returns it."""
+    if _world():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def broadcast_from_first(tensor):
     """Overwrite ``tensor`` on every rank with rank 0's, in place; returns it.
 

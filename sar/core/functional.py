@@ -198,6 +198,61 @@ def pull_loss(feats, labels, anchors, ignore_index=255, distance='mse'):
     return ((1.0 - cos) * mask).sum() / n_valid
 
 
+def class_sums(feats, labels, num_classes, ignore_index=255):
+    """Per-class sums and counts of pixel features, over labelled pixels.
+
+    The ingredients of class prototypes (feature means per class), for the
+    ``anchor_source='prototype'`` ablation; sums and counts rather than
+    means so that processes can add theirs before dividing.
+
+    Args:
+        feats (Tensor): f, pixel features (detached by the caller).
+        labels (Tensor): y, at the features' size.
+        num_classes (int): C.
+        ignore_index (int): label of pixels that take no part.
+
+    Shape:
+        feats (B, D, h, w), labels (B, h, w) long -> sums (C, D),
+        counts (C,), both float32 or wider.
+    """
+    dtype = torch.promote_types(feats.dtype, torch.float32)
+    y = labels.reshape(-1)
+    valid = y != ignore_index
+    y = torch.where(valid, y, torch.zeros_like(y))
+    weight = valid.to(dtype)
+    pixels = feats.transpose(0, 1).reshape(feats.shape[1], -1).t()  # (N, D)
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=dtype,
+                       device=feats.device)
+    sums.index_add_(0, y, pixels.to(dtype) * weight[:, None])
+    counts = torch.zeros(num_classes, dtype=dtype, device=feats.device)
+    counts.index_add_(0, y, weight)
+    return sums, counts
+
+
+def prototype_update(prototypes, seen, sums, counts, momentum=0.999):
+    """EMA of class prototypes, for the classes present in this batch.
+
+    A class seen for the first time takes its mean; later ones follow
+    ``P = m * P + (1 - m) * mean``. Absent classes keep their prototype.
+
+    Args:
+        prototypes (Tensor): P, updated in place.
+        seen (Tensor): bool (C,), whether P[c] holds a value; updated in
+            place.
+        sums (Tensor), counts (Tensor): see :func:`class_sums`.
+        momentum (float): m.
+
+    Shape:
+        prototypes (C, D), seen (C,), sums (C, D), counts (C,).
+    """
+    present = counts > 0
+    means = (sums / counts.clamp(min=1.0)[:, None]).to(prototypes.dtype)
+    followed = torch.lerp(prototypes, means, 1.0 - momentum)
+    target = torch.where(seen[:, None], followed, means)
+    prototypes.copy_(torch.where(present[:, None], target, prototypes))
+    seen.logical_or_(present)
+
+
 def downsample_labels(labels, size):
     """Nearest-neighbour resize of a label map to the feature size.
 

@@ -6,10 +6,12 @@ import torch
 import torch.nn as nn
 
 from . import dist as sar_dist
-from .functional import (ANCHOR_INITS, DISTANCES, anchor_ce, downsample_labels,
-                         ema_update, gate_open, init_anchors, pull_loss)
+from .functional import (ANCHOR_INITS, DISTANCES, anchor_ce, class_sums,
+                         downsample_labels, ema_update, gate_open,
+                         init_anchors, prototype_update, pull_loss)
 
 PULL_MODES = ('gate', 'after_init')
+ANCHOR_SOURCES = ('embedded', 'prototype')
 
 
 class AnchorProjector(nn.Module):
@@ -72,6 +74,15 @@ class SemanticAnchorRegularizer(nn.Module):
             CE weights (the release does not).
         norm_layer (callable): norm factory of the projector, see
             :class:`AnchorProjector`.
+        anchor_source (str): 'embedded' (the paper: S is the EMA of the
+            classifier-aware embedded anchors); 'prototype', the ablation
+            SAR argues against: S[c] is the EMA (``ema_momentum``) of the
+            mean feature of class c over the labelled pixels of each batch,
+            summed over ranks. It has no projector, no auxiliary CE (an
+            exact zero) and no gate: a pixel is pulled, with the same
+            ``pull_weight`` and ``distance``, once its class has a
+            prototype. ``sar.gate_open`` then reports whether every class
+            has one, ``sar.anchor_acc`` how the classifier labels them.
     """
 
     def __init__(self,
@@ -87,7 +98,8 @@ class SemanticAnchorRegularizer(nn.Module):
                  pull_mode='gate',
                  ignore_index=255,
                  detach_ce_weights=False,
-                 norm_layer=nn.BatchNorm2d):
+                 norm_layer=nn.BatchNorm2d,
+                 anchor_source='embedded'):
         super().__init__()
         if num_classes < 2:
             raise ValueError(
@@ -100,6 +112,9 @@ class SemanticAnchorRegularizer(nn.Module):
         if distance not in DISTANCES:
             raise ValueError(f'distance must be one of {DISTANCES}, '
                              f'got {distance!r}')
+        if anchor_source not in ANCHOR_SOURCES:
+            raise ValueError(f'anchor_source must be one of '
+                             f'{ANCHOR_SOURCES}, got {anchor_source!r}')
         if anchor_init not in ANCHOR_INITS:
             raise ValueError(f'anchor_init must be one of {ANCHOR_INITS}, '
                              f'got {anchor_init!r}')
@@ -122,8 +137,12 @@ class SemanticAnchorRegularizer(nn.Module):
         self.pull_mode = pull_mode
         self.ignore_index = ignore_index
         self.detach_ce_weights = detach_ce_weights
+        self.anchor_source = anchor_source
 
-        self.projector = AnchorProjector(channels, norm_layer)
+        # Prototypes need no projector; leaving it out keeps DDP free of
+        # parameters that never get a gradient.
+        self.projector = AnchorProjector(channels, norm_layer) \
+            if anchor_source == 'embedded' else None
         self.register_buffer('init_anchors',
                              init_anchors(num_classes, channels, anchor_init))
         self.register_buffer('semantic_anchors',
@@ -135,9 +154,15 @@ class SemanticAnchorRegularizer(nn.Module):
         # A0 comes from each process's own generator; it is made rank 0's at
         # the first training step (see _agree_on_init_anchors).
         self._init_anchors_agreed = False
+        if anchor_source == 'prototype':
+            self.register_buffer('class_seen',
+                                 torch.zeros(num_classes, dtype=torch.bool))
 
     def embed_anchors(self):
         """E = P(A0). Shape: (C, D)."""
+        if self.projector is None:
+            raise RuntimeError("anchor_source='prototype' embeds no anchors; "
+                               'its anchors are semantic_anchors')
         return self.projector(self.init_anchors)
 
     def _agree_on_init_anchors(self):
@@ -174,6 +199,8 @@ class SemanticAnchorRegularizer(nn.Module):
         mode: mmcv's val workflow calls ``forward_train`` in eval mode, where
         the projector's norms use running statistics and nothing is learnt.
         """
+        if self.anchor_source == 'prototype':
+            return self._forward_prototype(feats, labels, classifier)
         if self.training:
             self._agree_on_init_anchors()
         embedded = self.embed_anchors()
@@ -198,4 +225,38 @@ class SemanticAnchorRegularizer(nn.Module):
             anchor_ce=self.anchor_ce_weight * ce_loss,
             anchor_acc=acc,
             gate_open=gate.float(),
+            iters_since_init=self.iters_since_init.float())
+
+    def _forward_prototype(self, feats, labels, classifier):
+        """The prototype ablation; same arguments and keys as forward."""
+        with torch.no_grad():
+            labels_small = downsample_labels(labels, feats.shape[2:])
+            if self.training:
+                sums, counts = class_sums(feats.detach(), labels_small,
+                                          self.num_classes, self.ignore_index)
+                sar_dist.sum_across_ranks(sums)
+                sar_dist.sum_across_ranks(counts)
+                prototype_update(self.semantic_anchors, self.class_seen,
+                                 sums, counts, self.ema_momentum)
+                self.initialised.copy_(self.class_seen.any())
+                self.iters_since_init.add_(self.initialised.long())
+            # Pixels of a class without a prototype yet take no part.
+            valid = labels_small != self.ignore_index
+            safe = torch.where(valid, labels_small,
+                               torch.zeros_like(labels_small))
+            known = valid & self.class_seen[safe]
+            targets = torch.where(known, labels_small,
+                                  torch.full_like(labels_small,
+                                                  self.ignore_index))
+            logits = classifier(self.semantic_anchors)
+            classes = torch.arange(self.num_classes, device=logits.device)
+            right = logits.argmax(dim=1) == classes
+            acc = (right & self.class_seen).float().mean()
+        pull = pull_loss(feats, targets, self.semantic_anchors,
+                         self.ignore_index, self.distance)
+        return dict(
+            pull=self.pull_weight * pull,
+            anchor_ce=pull.new_zeros(()),  # no auxiliary CE; a stable key
+            anchor_acc=acc,
+            gate_open=self.class_seen.all().float(),
             iters_since_init=self.iters_since_init.float())
