@@ -47,6 +47,10 @@ _OFFICIAL_BUFFERS = {
     'momentum_center_feat': 'semantic_anchors',
     'update_flag': 'initialised',
 }
+# Release buffers with nothing to carry over: ``center_lbl`` is arange(C)
+# (checked), ``local_iter`` the run's iteration count (the runner's meta
+# has it; the SAR state does not depend on it).
+_OFFICIAL_DROPPED = ('center_lbl', 'local_iter')
 
 
 def _module_params(state_dict, prefix):
@@ -66,24 +70,47 @@ def _module_params(state_dict, prefix):
 def official_to_sar_state_dict(state_dict, sar_prefix='decode_head'):
     """The authors' released segmentor state dict -> this project's layout.
 
-    Their release stores ``random_center`` (A0), ``momentum_center_feat``
-    (S), ``update_flag``, the projector as ``projecter_linear.*`` (two
-    Linear + norm pairs) and ``projecter.*`` (1x1 conv + norm), and the head
-    (``FCNHeadWFeat``) under ``decode_head.*``. Layers are matched by kind
-    and order (Linear: 2-d weight; conv: 4-d weight; norm: has
-    ``running_mean``), not by their submodule names. Every source key must
-    be used, or a ValueError lists the ones that were not.
+    Their ``SAR`` segmentor stores ``random_center`` (A0), ``center_lbl``
+    (the class of each anchor), ``local_iter`` (its iteration counter),
+    ``update_flag`` (whether S was set), ``momentum_center_feat`` (S), the
+    projector as ``projecter_linear.*`` (two Linear + norm pairs) and
+    ``projecter.*`` (1x1 conv + norm), and the head (``FCNHeadWFeat``) under
+    ``decode_head.*``. Layers are matched by kind and order (Linear: 2-d
+    weight; conv: 4-d weight; norm: has ``running_mean``), not by their
+    submodule names. ``center_lbl`` must be ``arange(C)`` (anchor i is class
+    i, as in our layout); ``local_iter`` counts all training iterations,
+    which this layout does not keep, and is dropped. Every other source key
+    must be used, or a ValueError lists the ones that were not.
 
     Args:
         state_dict (Mapping[str, Tensor]): the released ``state_dict``.
         sar_prefix (str): where the SARHead sits in our segmentor.
 
+    Shape:
+        random_center, momentum_center_feat (C, D); center_lbl (C,);
+        local_iter (1,); update_flag () or (1,).
+
     Returns:
         OrderedDict: a state dict for the matching SAR config.
+
+    Raises:
+        ValueError: unknown keys, a projector of another shape, or anchors
+            labelled in another order than ``arange(C)``.
     """
     out = OrderedDict()
-    used = set()
+    used = set(_OFFICIAL_DROPPED) & set(state_dict)
     sar = f'{sar_prefix}.sar_loss'
+    if 'center_lbl' in state_dict:
+        labels = state_dict['center_lbl']
+        anchors = state_dict.get('random_center')
+        num = labels.numel() if anchors is None else anchors.shape[0]
+        expected = torch.arange(num)
+        if labels.shape != expected.shape or not torch.equal(
+                labels.long(), expected):
+            raise ValueError(
+                f'center_lbl is {labels.tolist()}, not arange(C): the '
+                'anchors are not stored in class order, which this '
+                'conversion assumes')
     for src, dst in _OFFICIAL_BUFFERS.items():
         if src in state_dict:
             value = state_dict[src]

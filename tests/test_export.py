@@ -1,4 +1,5 @@
 """Checkpoint mapping: SAR -> plain, and the authors' release -> SAR."""
+import os.path as osp
 import subprocess
 import sys
 from collections import OrderedDict
@@ -46,8 +47,10 @@ def official_state_dict(C=3, D=4, initialised=True):
     sd = OrderedDict()
     sd['backbone.stem.weight'] = r(2, 2)
     sd['random_center'] = r(C, D)
+    sd['center_lbl'] = torch.arange(C)
+    sd['local_iter'] = torch.tensor([80000])
+    sd['update_flag'] = torch.tensor(1 if initialised else 0)
     sd['momentum_center_feat'] = r(C, D)
-    sd['update_flag'] = torch.tensor([1.0 if initialised else 0.0])
     sd['projecter_linear.0.weight'] = r(D, D)
     sd['projecter_linear.0.bias'] = r(D)
     sd.update(bn('projecter_linear.1'))
@@ -118,3 +121,133 @@ def test_convert_official_tool_round_trip(tmp_path):
     again = subprocess.run([sys.executable, tool, str(src), str(out)],
                            capture_output=True, text=True)
     assert again.returncode != 0 and '--force' in again.stderr
+
+
+def test_official_anchors_out_of_class_order_are_refused():
+    src = official_state_dict(C=3)
+    src['center_lbl'] = torch.tensor([0, 2, 1])
+    with pytest.raises(ValueError, match=r'center_lbl is \[0, 2, 1\]'):
+        official_to_sar_state_dict(src)
+
+
+# --------------------------------------------------------------------------
+# The paper's model: HRNetV2-W48 + FCN on Cityscapes (C=19, D=720), in the
+# exact layout of the release's SAR segmentor.
+HR48_SAR = osp.join(ROOT, 'configs', 'sar',
+                    'sar_fcn_hr48_4xb2-80k_cityscapes-512x1024.py')
+HR48_BASE = osp.join(ROOT, 'configs', 'baseline',
+                     'fcn_hr48_4xb2-80k_cityscapes-512x1024.py')
+
+
+def _build_eval(config):
+    from mmcv.cnn.utils import revert_sync_batchnorm
+    from mmcv.utils import Config
+    from mmseg.models import build_segmentor
+    cfg = Config.fromfile(config)
+    cfg.model.pretrained = None  # no download; weights come from the test
+    return revert_sync_batchnorm(build_segmentor(cfg.model)).eval()
+
+
+def _release_projector_state(C, D, g):
+    """``projecter_linear`` (Linear-SyncBN-ReLU x2) and ``projecter``
+    (ConvModule: bias-free 1x1 conv, SyncBN, ReLU) as the release names
+    them, with running statistics that differ from the defaults."""
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def bn(prefix):
+        return {f'{prefix}.weight': 1 + 0.1 * r(D),
+                f'{prefix}.bias': 0.1 * r(D),
+                f'{prefix}.running_mean': 0.1 * r(D),
+                f'{prefix}.running_var': 0.5 + torch.rand(D, generator=g),
+                f'{prefix}.num_batches_tracked': torch.tensor(80000)}
+
+    sd = OrderedDict()
+    sd['projecter_linear.0.weight'] = r(D, D) / D**0.5
+    sd['projecter_linear.0.bias'] = 0.1 * r(D)
+    sd.update(bn('projecter_linear.1'))
+    sd['projecter_linear.3.weight'] = r(D, D) / D**0.5
+    sd['projecter_linear.3.bias'] = 0.1 * r(D)
+    sd.update(bn('projecter_linear.4'))
+    sd['projecter.conv.weight'] = r(D, D, 1, 1) / D**0.5
+    sd.update(bn('projecter.bn'))
+    return sd
+
+
+@pytest.fixture(scope='module')
+def hr48_release():
+    """(release state dict, plain model holding its weights, SAR model)."""
+    torch.manual_seed(0)
+    plain = _build_eval(HR48_BASE)
+    sar = _build_eval(HR48_SAR)
+    g = torch.Generator().manual_seed(1)
+    # FCNHeadWFeat keeps FCNHead's submodules under decode_head.*, so the
+    # plain model's keys are the release's backbone and head keys. Perturb
+    # every value so that no two layers hold equal tensors (fresh BN layers
+    # all do), which would hide a mix-up.
+    release = OrderedDict()
+    for key, value in plain.state_dict().items():
+        if not value.is_floating_point():
+            release[key] = value.clone()
+        elif key.endswith('running_var'):
+            release[key] = 0.5 + torch.rand(value.shape, generator=g)
+        else:
+            release[key] = value + 0.05 * torch.randn(value.shape,
+                                                      generator=g)
+    plain.load_state_dict(release, strict=True)
+    C, D = 19, 720
+    release['random_center'] = torch.randn(C, D, generator=g)
+    release['center_lbl'] = torch.arange(C)
+    release['local_iter'] = torch.tensor([80000])
+    release['update_flag'] = torch.tensor(1)
+    release['momentum_center_feat'] = torch.rand(C, D, generator=g)
+    release.update(_release_projector_state(C, D, g))
+    return release, plain, sar
+
+
+def test_official_hr48_release_loads_strictly_into_the_paper_config(
+        hr48_release):
+    release, plain, sar = hr48_release
+    converted = official_to_sar_state_dict(release)
+    sar.load_state_dict(converted, strict=True)
+    state = sar.decode_head.sar_loss
+    assert torch.equal(state.init_anchors, release['random_center'])
+    assert torch.equal(state.semantic_anchors,
+                       release['momentum_center_feat'])
+    assert state.initialised.dtype == torch.bool and bool(state.initialised)
+    assert state.iters_since_init.item() == 0
+
+    # Test time: the SAR model is the plain FCN model with the same weights.
+    img = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    metas = [dict(img_shape=(32, 32, 3), ori_shape=(32, 32, 3),
+                  pad_shape=(32, 32, 3), scale_factor=1.0, flip=False)]
+    with torch.no_grad():
+        ours = sar.encode_decode(img, metas)
+        theirs = plain.encode_decode(img, metas)
+    assert ours.shape == (1, 19, 32, 32)
+    assert torch.equal(ours, theirs)
+
+
+def test_official_hr48_projector_embeds_anchors_as_the_release(hr48_release):
+    from mmcv.cnn import ConvModule
+    from torch import nn
+    release, _, sar = hr48_release
+    sar.load_state_dict(official_to_sar_state_dict(release), strict=True)
+    D = 720
+    # The release's modules, with BN for its SyncBN (one process).
+    linear = nn.Sequential(nn.Linear(D, D), nn.BatchNorm1d(D), nn.ReLU(),
+                           nn.Linear(D, D), nn.BatchNorm1d(D), nn.ReLU())
+    conv = ConvModule(D, D, 1, norm_cfg=dict(type='BN'))
+    for module, prefix in ((linear, 'projecter_linear.'),
+                           (conv, 'projecter.')):
+        module.load_state_dict({k[len(prefix):]: v for k, v in release.items()
+                                if k.startswith(prefix)}, strict=True)
+    anchors = release['random_center']
+    for train in (False, True):  # running statistics, then batch statistics
+        for module in (linear, conv, sar.decode_head.sar_loss):
+            module.train(train)
+        with torch.no_grad():
+            expected = conv(linear(anchors)[:, :, None, None]).flatten(1)
+            got = sar.decode_head.sar_loss.embed_anchors()
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), train
+    sar.eval()
