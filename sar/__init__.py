@@ -27,5 +27,6 @@ if _mmseg_installed():
     compat.check_versions()
     compat.apply()
     from .models import SARHead, SemanticAnchorLoss  # noqa: E402,F401
+    from . import datasets  # noqa: E402,F401  registers DigitScenesDataset
 
     __all__ += ['SARHead', 'SemanticAnchorLoss']

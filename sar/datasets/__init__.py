@@ -1,3 +1,33 @@
+"""Generated data sets: the tiny shapes set for smoke runs and DigitScenes-LT.
+
+The generators need numpy and Pillow only (DigitScenes-LT also reads
+scikit-learn's digits, imported when called). With mmseg installed, this
+package also registers ``DigitScenesDataset`` in mmseg's DATASETS.
+"""
+import importlib.util
+
+from .digitscenes import (DIGITSCENES_CLASSES, DIGITSCENES_PALETTE,
+                          head_tail_classes, load_glyphs, longtail_counts,
+                          make_digitscenes, render_scene, split_glyphs,
+                          texture)
 from .synthetic import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
 
-__all__ = ['make_shapes_dataset', 'SHAPES_CLASSES', 'SHAPES_PALETTE']
+__all__ = [
+    'make_shapes_dataset', 'SHAPES_CLASSES', 'SHAPES_PALETTE',
+    'make_digitscenes', 'DIGITSCENES_CLASSES', 'DIGITSCENES_PALETTE',
+    'load_glyphs', 'split_glyphs', 'longtail_counts', 'texture',
+    'render_scene', 'head_tail_classes'
+]
+
+
+def _mmseg_installed():
+    try:
+        return importlib.util.find_spec('mmseg') is not None
+    except (ImportError, ValueError):
+        return False
+
+
+if _mmseg_installed():
+    from .digitscenes_dataset import DigitScenesDataset  # noqa: E402
+
+    __all__ += ['DigitScenesDataset']

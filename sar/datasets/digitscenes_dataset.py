@@ -1,0 +1,23 @@
+"""``DigitScenesDataset``: DigitScenes-LT in mmseg's dataset registry.
+
+Imported by :mod:`sar.datasets` only when mmseg is installed.
+"""
+from mmseg.datasets import DATASETS, CustomDataset
+
+from .digitscenes import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
+
+
+@DATASETS.register_module()
+class DigitScenesDataset(CustomDataset):
+    """Scenes of handwritten digits written by
+    :func:`sar.datasets.make_digitscenes` (``tools/prepare_digitscenes.py``).
+
+    Class 0 is background, class d + 1 the digit d; PNG images and label
+    maps, nothing ignored but what a pipeline pads with 255.
+    """
+    CLASSES = DIGITSCENES_CLASSES
+    PALETTE = DIGITSCENES_PALETTE
+
+    def __init__(self, **kwargs):
+        super().__init__(img_suffix='.png', seg_map_suffix='.png',
+                         reduce_zero_label=False, **kwargs)
