@@ -1,0 +1,128 @@
+"""The demo's report pieces on tiny inputs: table, summary line, log
+reading, picture, and the choice of pictured scenes."""
+import importlib.util
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from sar.report import (class_iou, comparison_table, gate_summary,
+                        read_train_log, summary_line)
+from sar.visualize import colorize, comparison_figure
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location(
+        'demo_tool', osp.join(ROOT, 'tools', 'demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('base, sar, line', [
+    (41.2, 47.85, 'mIoU baseline 41.20 SAR 47.85 (gain +6.65)'),
+    (50, 49.5, 'mIoU baseline 50.00 SAR 49.50 (gain -0.50)'),
+    (41.204, 47.856, 'mIoU baseline 41.20 SAR 47.86 (gain +6.66)'),
+    (10, 10, 'mIoU baseline 10.00 SAR 10.00 (gain +0.00)'),
+])
+def test_summary_line(base, sar, line):
+    assert summary_line(base, sar) == line
+
+
+def metric(ious):
+    """An mmseg evaluation dict (fractions) for classes a, b, c."""
+    out = {f'IoU.{c}': v for c, v in zip('abc', ious)}
+    out.update({f'Acc.{c}': 0.5 for c in 'abc'})
+    out.update(mIoU=round(sum(ious) / 3, 4), mAcc=0.5, aAcc=0.9)
+    return out
+
+
+def test_comparison_table_rows_and_gain():
+    metrics = {'baseline': metric([0.9, 0.5, 0.1]),
+               'SAR': metric([0.9, 0.6, 0.4])}
+    assert class_iou(metrics['SAR'], 'abc') == dict(a=90.0, b=60.0, c=40.0)
+    text, rows = comparison_table(metrics, 'abc', head=['b'], tail=['c'])
+    assert rows['baseline'] == dict(a=90.0, b=50.0, c=10.0, head=50.0,
+                                    tail=10.0, mIoU=50.0)
+    assert rows['SAR'] == dict(a=90.0, b=60.0, c=40.0, head=60.0, tail=40.0,
+                               mIoU=63.33)
+    lines = text.splitlines()
+    assert 'baseline IoU' in lines[1] and 'SAR IoU' in lines[1]
+    tail_row = next(l for l in lines if 'tail mean (c)' in l)
+    assert '10.00' in tail_row and '40.00' in tail_row and '+30.00' in \
+        tail_row
+    miou_row = next(l for l in lines if '| mIoU' in l)
+    assert '+13.33' in miou_row
+    with pytest.raises(ValueError):
+        comparison_table({'a': metrics['SAR']}, 'abc', ['a'], ['b'])
+
+
+def test_gate_summary_from_an_mmseg_log(tmp_path):
+    log = tmp_path / 'x.log.json'
+    entries = [dict(env_info='...', seed=1)]
+    for it, gate, acc in ((50, 0.0, 0.3), (100, 0.0, 0.7), (150, 0.2, 1.0),
+                          (200, 1.0, 1.0)):
+        entries.append({'mode': 'train', 'iter': it, 'decode.sar.gate_open':
+                        gate, 'decode.sar.anchor_acc': acc,
+                        'decode.loss_sar_pull': 0.01 * gate})
+    entries.append({'mode': 'val', 'iter': 200, 'mIoU': 0.5})
+    log.write_text('\n'.join(json.dumps(e) for e in entries) + '\n')
+    read = read_train_log(str(log))
+    assert [e['iter'] for e in read] == [50, 100, 150, 200]
+    assert gate_summary(read) == dict(first_open_iter=150,
+                                      open_fraction=0.3,
+                                      last_anchor_acc=1.0, last_pull=0.01)
+    closed = [dict(e, **{'decode.sar.gate_open': 0.0}) for e in read]
+    assert gate_summary(closed)['first_open_iter'] is None
+    assert gate_summary([{'mode': 'train', 'iter': 1}]) == dict(
+        first_open_iter=None, open_fraction=None, last_anchor_acc=None,
+        last_pull=None)
+
+
+def test_colorize():
+    palette = [[0, 0, 0], [10, 20, 30]]
+    out = colorize(np.array([[0, 1], [255, 1]]), palette)
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[[0, 0, 0], [10, 20, 30]],
+                            [[255, 255, 255], [10, 20, 30]]]
+
+
+def test_comparison_figure_on_tiny_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+              for _ in range(2)]
+    gts = [rng.integers(0, 3, (8, 8)) for _ in range(2)]
+    preds = {'baseline': gts[::-1], 'SAR': gts}
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+    fig = comparison_figure(images, gts, preds, palette,
+                            class_names=['bg', 'x', 'y'],
+                            row_titles=['s0', 's1'])
+    grid = [ax for ax in fig.axes if ax.get_images()]
+    assert len(grid) == 2 * 4
+    assert [ax.get_title() for ax in grid[:4]] == [
+        'image', 'ground truth', 'baseline', 'SAR']
+    assert np.array_equal(grid[3].get_images()[0].get_array(),
+                          colorize(gts[0], palette))
+    out = tmp_path / 'fig.png'
+    fig.savefig(out, dpi=50)
+    assert Image.open(out).size[0] > 0
+    with pytest.raises(ValueError):
+        comparison_figure(images, gts[:1], preds, palette)
+
+
+def test_demo_pictures_the_first_scenes_with_tail_digits(tmp_path):
+    ann = tmp_path / 'ann_dir' / 'val'
+    ann.mkdir(parents=True)
+    for name, top in (('00000.png', 3), ('00001.png', 9), ('00002.png', 1),
+                      ('00003.png', 7), ('00004.png', 10)):
+        Image.fromarray(np.array([[0, top]], np.uint8)).save(ann / name)
+    demo = load_demo()
+    assert demo.tail_scenes(str(tmp_path), [7, 8, 9, 10], 2) == [
+        '00001.png', '00003.png']
+    assert demo.tail_scenes(str(tmp_path), [7, 8, 9, 10], 9) == [
+        '00001.png', '00003.png', '00004.png']
+    configs = set(demo.CONFIGS.values())
+    assert all(osp.isfile(osp.join(ROOT, c)) for c in configs)
