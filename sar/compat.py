@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from .checkpoint_safety import allow_numpy_in_checkpoints
 from .version import SUPPORTED
 
 INSTALL_HINT = ('make install (or tools/setup_env.sh) builds a supported '
@@ -141,24 +142,9 @@ def _patch_build_ddp():
 # pass weights_only. mmseg checkpoints hold numpy values in their meta: the
 # random PALETTE of a custom dataset without one, and EvalHook's best score.
 # We allow exactly the numpy array/scalar reconstructors, keeping the
-# weights-only loader (no arbitrary code) for everything else.
-def _numpy_safe_globals():
-    import numpy as np
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray
-    # numpy >= 1.25 pickles a dtype through its class (numpy.dtypes.*DType).
-    dtype_classes = {type(np.dtype(code)) for code in np.typecodes['All']}
-    return [np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct,
-            *sorted(dtype_classes, key=str)]
-
-
-def _allow_numpy_in_checkpoints():
-    serialization = torch.serialization
-    if not hasattr(serialization, 'add_safe_globals'):
-        return  # torch < 2.4: torch.load unpickles everything anyway
-    serialization.add_safe_globals(_numpy_safe_globals())
+# weights-only loader (no arbitrary code) for everything else. The list lives
+# in the torch-only sar.checkpoint_safety, which the export tools use alone;
+# apply() registers it for every loader in the process.
 
 
 # --------------------------------------------------------------------------
@@ -236,7 +222,7 @@ def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
     _patch_build_ddp()
-    _allow_numpy_in_checkpoints()
+    allow_numpy_in_checkpoints()
     _patch_ddp_forward()
     _patch_iter_runner()
 

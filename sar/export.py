@@ -1,5 +1,8 @@
 """Map SAR checkpoints to plain mmseg ones (plain torch, no mmseg import).
 
+Needs torch (and numpy for checkpoints with numpy values) only, so the
+export tools run where mmseg is missing or of another major version.
+
 A SAR segmentor stores the wrapped head under ``decode_head.head.`` (or
 ``decode_head.<i>.head.`` for the last head of a cascade) and the SAR state
 under ``decode_head[.<i>].sar_loss.``. Removing the ``head.`` level and the
@@ -10,6 +13,8 @@ import re
 from collections import OrderedDict
 
 import torch
+
+from .checkpoint_safety import load_weights_only
 
 _HEAD = re.compile(r'^(decode_head(?:\.\d+)?)\.head\.(.+)$')
 _SAR = re.compile(r'^decode_head(?:\.\d+)?\.sar_loss\.')
@@ -158,6 +163,28 @@ def official_to_sar_state_dict(state_dict, sar_prefix='decode_head'):
     started = bool(out.get(f'{sar}.initialised', False))
     out[f'{sar}.iters_since_init'] = torch.tensor(0 if started else -1)
     return out
+
+
+def read_checkpoint(path, trust=False):
+    """A checkpoint file, read without running code it may carry.
+
+    Tensors, plain data and numpy values (mmseg's ``meta`` holds some) are
+    accepted; anything else needs ``trust``, which unpickles the whole file.
+
+    Args:
+        path (str): the checkpoint.
+        trust (bool): unpickle everything; only for files you trust.
+
+    Returns:
+        dict: the checkpoint (``state_dict``, ``meta``, ... or a bare state
+        dict), tensors on the CPU.
+
+    Raises:
+        pickle.UnpicklingError: the file holds more, and not ``trust``.
+    """
+    if trust:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    return load_weights_only(path, map_location='cpu')
 
 
 def save_new_checkpoint(checkpoint, out, source, force=False):

@@ -1,4 +1,5 @@
 """Checkpoint mapping: SAR -> plain, and the authors' release -> SAR."""
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -251,3 +252,96 @@ def test_official_hr48_projector_embeds_anchors_as_the_release(hr48_release):
             got = sar.decode_head.sar_loss.embed_anchors()
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), train
     sar.eval()
+
+
+# --------------------------------------------------------------------------
+# The export tools with torch alone: mmseg/mmcv hidden, or of another major
+# version. `sar/__init__.py` must not run its mmseg set-up for them, and the
+# numpy allow-list must still apply to their loading.
+_HIDE_OR_RUN = '''
+import runpy, sys
+mode, sys.argv = sys.argv[1], sys.argv[2:]
+if mode == 'hide':
+    class Hide:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in ('mmseg', 'mmcv'):
+                raise ImportError('hidden: ' + name)
+    sys.meta_path.insert(0, Hide())
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    print('mm modules:', sorted(m for m in sys.modules
+                               if m.split('.')[0] in ('mmseg', 'mmcv')))
+'''
+
+
+def _numpy_meta():
+    import numpy as np
+    return dict(PALETTE=np.array([[0, 0, 0], [220, 20, 60]], dtype=np.uint8),
+                best_mIoU=np.float64(0.625), CLASSES=('a', 'b'))
+
+
+def _run_torch_only(mode, tool, args, tmp_path):
+    env = dict(os.environ)
+    if mode == 'mmseg1x':
+        # What a current OpenMMLab install looks like to `import sar`.
+        fake = tmp_path / 'fake_site'
+        for name, version in (('mmseg', '1.2.2'), ('mmcv', '2.1.0')):
+            (fake / name).mkdir(parents=True)
+            (fake / name / '__init__.py').write_text(
+                f"__version__ = '{version}'\n")
+        env['PYTHONPATH'] = str(fake)
+    else:
+        env.pop('PYTHONPATH', None)
+    return subprocess.run(
+        [sys.executable, '-c', _HIDE_OR_RUN, mode,
+         osp.join(ROOT, 'tools', tool), *args],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize('mode', ['hide', 'mmseg1x'])
+def test_export_plain_runs_with_torch_alone(mode, tmp_path):
+    t = torch.arange(4.0)
+    state = OrderedDict([('backbone.conv.weight', t),
+                         ('decode_head.head.conv_seg.weight', t + 1),
+                         ('decode_head.sar_loss.init_anchors', t + 2)])
+    src, out = tmp_path / 'sar.pth', tmp_path / 'plain.pth'
+    torch.save(dict(state_dict=state, meta=_numpy_meta()), src)
+    run = _run_torch_only(mode, 'export_plain.py', [str(src), str(out)],
+                          tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert 'mm modules: []' in run.stdout
+    assert 'wrote' in run.stdout and '1 SAR entries dropped' in run.stdout
+    got = torch.load(out, weights_only=True)  # numpy: allowed by sar
+    assert list(got['state_dict']) == ['backbone.conv.weight',
+                                       'decode_head.conv_seg.weight']
+    assert torch.equal(got['state_dict']['decode_head.conv_seg.weight'], t + 1)
+    assert got['meta']['best_mIoU'] == 0.625
+    assert got['meta']['PALETTE'].tolist() == [[0, 0, 0], [220, 20, 60]]
+
+
+@pytest.mark.parametrize('mode', ['hide', 'mmseg1x'])
+def test_convert_official_runs_with_torch_alone(mode, tmp_path):
+    src, out = tmp_path / 'theirs.pth', tmp_path / 'ours.pth'
+    torch.save(dict(state_dict=official_state_dict(), meta=_numpy_meta()),
+               src)
+    run = _run_torch_only(mode, 'convert_official.py', [str(src), str(out)],
+                          tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert 'mm modules: []' in run.stdout
+    got = torch.load(out, weights_only=True)['state_dict']
+    assert torch.equal(got['decode_head.sar_loss.semantic_anchors'],
+                       official_state_dict()['momentum_center_feat'])
+
+
+def test_read_checkpoint_refuses_arbitrary_objects(tmp_path):
+    import argparse
+    import pickle
+
+    from sar.export import read_checkpoint
+    path = tmp_path / 'odd.pth'
+    torch.save(dict(meta=dict(args=argparse.Namespace(lr=0.01)),
+                    state_dict={}), path)
+    with pytest.raises(pickle.UnpicklingError, match='argparse.Namespace'):
+        read_checkpoint(str(path))
+    assert read_checkpoint(str(path), trust=True)['meta']['args'].lr == 0.01

@@ -7,14 +7,31 @@ HRNetV2-W48 FCN ones). See sar.export.official_to_sar_state_dict for the
 key mapping; unknown keys stop the conversion with their names.
 """
 import argparse
+import importlib.util
 import os.path as osp
 import pickle
 import sys
 
-import torch
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from sar.export import official_to_sar_state_dict, save_new_checkpoint  # noqa: E402,E501
+
+def _register_sar_package():
+    """Make ``sar`` importable without running ``sar/__init__.py``.
+
+    That file checks and patches mmseg/mmcv whenever mmseg is importable
+    (an mmseg 1.x install makes it raise). This tool moves tensors only and
+    must run with torch alone, so it imports ``sar``'s torch-only modules
+    under a package whose __init__ is not executed.
+    """
+    spec = importlib.util.spec_from_file_location(
+        'sar', osp.join(ROOT, 'sar', '__init__.py'),
+        submodule_search_locations=[osp.join(ROOT, 'sar')])
+    sys.modules['sar'] = importlib.util.module_from_spec(spec)
+
+
+_register_sar_package()
+from sar.export import (  # noqa: E402
+    official_to_sar_state_dict, read_checkpoint, save_new_checkpoint)
 
 
 def parse_args():
@@ -33,8 +50,7 @@ def main():
     args = parse_args()
     # A downloaded file: tensors and plain data only, unless --trust.
     try:
-        ckpt = torch.load(args.checkpoint, map_location='cpu',
-                          weights_only=not args.trust)
+        ckpt = read_checkpoint(args.checkpoint, trust=args.trust)
     except pickle.UnpicklingError as err:
         sys.exit(f'convert_official: {args.checkpoint} holds more than '
                  f'tensors ({err}); pass --trust if you trust its source')

@@ -8,13 +8,31 @@ config with stock mmseg and no plugin, and gives the same logits. The
 optimizer state is dropped (a deployment checkpoint); ``meta`` is kept.
 """
 import argparse
+import importlib.util
 import os.path as osp
+import pickle
 import sys
 
-import torch
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from sar.export import sar_to_plain_state_dict, save_new_checkpoint  # noqa: E402,E501
+
+def _register_sar_package():
+    """Make ``sar`` importable without running ``sar/__init__.py``.
+
+    That file checks and patches mmseg/mmcv whenever mmseg is importable
+    (an mmseg 1.x install makes it raise). This tool moves tensors only and
+    must run with torch alone, so it imports ``sar``'s torch-only modules
+    under a package whose __init__ is not executed.
+    """
+    spec = importlib.util.spec_from_file_location(
+        'sar', osp.join(ROOT, 'sar', '__init__.py'),
+        submodule_search_locations=[osp.join(ROOT, 'sar')])
+    sys.modules['sar'] = importlib.util.module_from_spec(spec)
+
+
+_register_sar_package()
+from sar.export import (  # noqa: E402
+    sar_to_plain_state_dict, read_checkpoint, save_new_checkpoint)
 
 
 def parse_args():
@@ -28,9 +46,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    # Tensors and plain data only (numpy values in meta are allowed by
-    # sar.compat); an mmseg checkpoint needs nothing more.
-    ckpt = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
+    # Tensors, plain data and numpy values only: an mmseg checkpoint needs
+    # nothing more, and nothing in it gets to run code.
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+    except pickle.UnpicklingError as err:
+        sys.exit(f'export_plain: {args.checkpoint} holds more than tensors, '
+                 f'plain data and numpy values: {err}')
     state = ckpt.get('state_dict', ckpt)
     try:
         plain = sar_to_plain_state_dict(state)
