@@ -7,6 +7,7 @@ import argparse
 import os
 import os.path as osp
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -56,17 +57,65 @@ def parse_args():
         parser.error('--eval and --format-only cannot both be given')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error('--out must be a .pkl file')
+    if args.eval and 'cityscapes' in args.eval and len(args.eval) != 1:
+        parser.error('--eval cityscapes evaluates formatted results and '
+                     'cannot be combined with other metrics')
     return args
+
+
+def prepare_format_dir(args, eval_kwargs):
+    """The folder that formatted results go to, and whether to remove it.
+
+    ``--format-only`` and ``--eval cityscapes`` write one file per image to
+    ``imgfile_prefix`` (``--eval-options``; ``.format_cityscapes`` if not
+    given, as in mmseg). A folder that holds anything is refused: results
+    are never mixed with older files, and nothing a user keeps there is
+    deleted. The folder is removed after evaluating only if this run made
+    it for ``--eval cityscapes`` without being given one; a named folder,
+    and the output of ``--format-only``, are kept.
+
+    Args:
+        args (argparse.Namespace): the parsed flags.
+        eval_kwargs (dict): ``--eval-options``; ``imgfile_prefix`` is set.
+
+    Returns:
+        tuple[str | None, bool]: the folder (None when nothing is
+        formatted) and whether it is this run's temporary folder.
+    """
+    eval_on_format_results = bool(args.eval) and 'cityscapes' in args.eval
+    if not (args.format_only or eval_on_format_results):
+        return None, False
+    named = 'imgfile_prefix' in eval_kwargs
+    folder = eval_kwargs.setdefault('imgfile_prefix', '.format_cityscapes')
+    if osp.exists(folder) and not (osp.isdir(folder)
+                                   and not os.listdir(folder)):
+        origin = 'from --eval-options' if named else "mmseg's default"
+        state = 'is not empty' if osp.isdir(folder) else 'is a file'
+        sys.exit(f'tools/test.py: imgfile_prefix {folder!r} ({origin}) '
+                 f'{state}. Formatted results go to an empty or new folder '
+                 'and this tool deletes nothing it did not create: move its '
+                 'contents away, or name another folder with --eval-options '
+                 'imgfile_prefix=DIR.')
+    temporary = eval_on_format_results and not named and not osp.exists(
+        folder)
+    mmcv.mkdir_or_exist(folder)
+    return folder, temporary
 
 
 def main():
     from mmseg.apis import multi_gpu_test, single_gpu_test
     from mmseg.datasets import build_dataloader, build_dataset
     from mmseg.models import build_segmentor
-    from mmseg.utils import build_ddp, build_dp, get_device
+    from mmseg.utils import (build_ddp, build_dp, get_device,
+                             setup_multi_processes)
 
     args = parse_args()
     cfg = load_config(args)
+    # mp_start_method, opencv_num_threads, omp/mkl threads from the config.
+    setup_multi_processes(cfg)
+    eval_kwargs = dict(args.eval_options or {})
+    # Before anything runs: a folder that is in the way stops us here.
+    format_dir, temporary_format_dir = prepare_format_dir(args, eval_kwargs)
     if args.aug_test:
         flip_aug = cfg.data.test.pipeline[1]
         flip_aug.img_ratios = AUG_TEST_RATIOS
@@ -80,12 +129,14 @@ def main():
         init_dist(args.launcher, **cfg.get('dist_params', {}))
     rank, world_size = get_dist_info()
 
-    if args.work_dir is not None and rank == 0:
-        mmcv.mkdir_or_exist(osp.abspath(args.work_dir))
+    if rank == 0:
+        # mmseg's names and place: work_dirs/<config name>/ by default.
+        work_dir = args.work_dir or osp.join(
+            'work_dirs', osp.splitext(osp.basename(args.config))[0])
+        mmcv.mkdir_or_exist(osp.abspath(work_dir))
         stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
-        suffix = '_aug' if args.aug_test else ''
-        json_file = osp.join(args.work_dir, f'eval_single_scale_{stamp}'
-                             f'{suffix}.json')
+        scale = 'multi' if args.aug_test else 'single'
+        json_file = osp.join(work_dir, f'eval_{scale}_scale_{stamp}.json')
 
     dataset = build_dataset(cfg.data.test)
     loader_cfg = dict(
@@ -108,20 +159,8 @@ def main():
     model.CLASSES = meta.get('CLASSES', dataset.CLASSES)
     model.PALETTE = meta.get('PALETTE', dataset.PALETTE)
 
-    eval_kwargs = dict(args.eval_options or {})
-    eval_on_format_results = (args.eval is not None and
-                              'cityscapes' in args.eval)
-    if eval_on_format_results:
-        assert len(args.eval) == 1, \
-            'eval on format results is not applicable for metrics other ' \
-            'than cityscapes'
-    if args.format_only or eval_on_format_results:
-        tmp = eval_kwargs.setdefault('imgfile_prefix', '.format_cityscapes')
-        if osp.exists(tmp) and rank == 0:
-            shutil.rmtree(tmp)
-        mmcv.mkdir_or_exist(tmp)
-    pre_eval = args.eval is not None and not eval_on_format_results
-    format_only = args.format_only or eval_on_format_results
+    format_only = format_dir is not None
+    pre_eval = args.eval is not None and not format_only
 
     cfg.device = get_device()
     if not distributed:
@@ -158,11 +197,12 @@ def main():
         if args.eval:
             eval_kwargs.update(metric=args.eval)
             metric = dataset.evaluate(results, **eval_kwargs)
-            if args.work_dir is not None:
-                mmcv.dump(dict(config=args.config, metric=metric), json_file,
-                          indent=4)
-            if eval_on_format_results:
-                shutil.rmtree(eval_kwargs['imgfile_prefix'])
+            mmcv.dump(dict(config=args.config, metric=metric), json_file,
+                      indent=4)
+        if temporary_format_dir:
+            shutil.rmtree(format_dir)
+        elif args.format_only:
+            print(f'\nformatted results in {format_dir}')
 
 
 if __name__ == '__main__':

@@ -49,7 +49,8 @@ def main():
     from mmseg.apis import init_random_seed, set_random_seed, train_segmentor
     from mmseg.datasets import build_dataset
     from mmseg.models import build_segmentor
-    from mmseg.utils import collect_env, get_device, get_root_logger
+    from mmseg.utils import (collect_env, get_device, get_root_logger,
+                             setup_multi_processes)
 
     args = parse_args()
     cfg = load_config(args)
@@ -79,6 +80,8 @@ def main():
     logger = get_root_logger(
         log_file=osp.join(cfg.work_dir, f'{timestamp}.log'),
         log_level=cfg.log_level)
+    # mp_start_method, opencv_num_threads, omp/mkl threads from the config.
+    setup_multi_processes(cfg)
     env_info = '\n'.join(f'{k}: {v}' for k, v in collect_env().items())
     logger.info('Environment info:\n' + env_info)
     logger.info(f'Distributed training: {distributed}')
