@@ -1,7 +1,8 @@
 # One-command set-up and entry points. Every target installs what it needs.
 #   make install   virtualenv .venv with torch, mmcv-full (built once, cached), mmseg, sar
 #   make test      install, then the test suite
-#   make demo      install, then train and evaluate SAR on a small generated data set
+#   make demo      install, then train and evaluate SAR against its baseline on
+#                  DigitScenes-LT (generated once from scikit-learn's digits)
 PY := .venv/bin/python
 
 .PHONY: install test demo clean
@@ -13,6 +14,8 @@ test: install
 	$(PY) -m pytest tests
 
 demo: install
+	@$(PY) -c 'import sklearn, matplotlib' 2>/dev/null || \
+		$(PY) -m pip install -q -r requirements/demo.txt
 	$(PY) tools/demo.py
 
 clean:
