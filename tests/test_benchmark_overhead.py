@@ -1,0 +1,132 @@
+"""tools/benchmark_overhead.py: twin weights, and the --smoke run end to end.
+
+Only the structure of its output is tested; the speed targets are read from
+the printed ratios of a real run, never asserted on timings here.
+"""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import DEMO_BASELINE, ROOT
+from test_tools import PY, run
+
+VARIANTS = ['baseline', 'sar_gate_closed', 'sar_pull_active']
+SAR_VARIANTS = VARIANTS[1:]
+RATIO_KEYS = ['step_time_ratio', 'peak_memory_ratio', 'inference_time_ratio']
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_overhead', osp.join(ROOT, 'tools', 'benchmark_overhead.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_smoke_pair():
+    return ('configs/demo/fcn_hrtiny_1xb4-300_shapes-64x64.py',
+            'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
+
+
+@pytest.fixture(scope='module')
+def tool():
+    return load_tool()
+
+
+def test_sar_model_gets_the_baseline_weights(tool):
+    args = tool.parse_args(['--smoke', '--device', 'cpu'])
+    base, _ = tool.build_variant(args, 'baseline')
+    torch.manual_seed(123)  # a different init than the baseline's
+    model, _ = tool.build_variant(args, 'sar_gate_closed', base)
+    plain = model.state_dict()
+    for key, value in base.state_dict().items():
+        sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(plain[sar_key], value), key
+    reg = model.decode_head.sar_loss
+    assert reg.pull_mode == 'gate' and not bool(reg.initialised)
+
+
+def test_pull_active_variant_pulls_from_the_first_step(tool):
+    args = tool.parse_args(['--smoke', '--device', 'cpu'])
+    base, _ = tool.build_variant(args, 'baseline')
+    model, optimizer = tool.build_variant(args, 'sar_pull_active', base)
+    reg = model.decode_head.sar_loss
+    assert reg.pull_mode == 'after_init' and bool(reg.initialised)
+    assert reg.semantic_anchors.abs().sum() > 0
+    log_vars = tool.train_step(model, optimizer, tool.fixed_batch(model,
+                                                                  args))
+    assert log_vars['decode.loss_sar_pull'] > 0
+
+
+def test_configs_that_are_not_twins_are_refused(tool, tmp_path):
+    other = tmp_path / 'other.py'
+    other.write_text(f"_base_ = r'{DEMO_BASELINE}'\n"
+                     "model = dict(decode_head=dict(type='SARHead', "
+                     "_delete_=True, head=dict(type='FCNHead', "
+                     "in_channels=64, in_index=3, channels=16, "
+                     "num_classes=4)))\n")
+    args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
+                            str(other)])
+    base, _ = tool.build_variant(args, 'baseline')
+    with pytest.raises(ValueError, match='not twins'):
+        tool.build_variant(args, 'sar_gate_closed', base)
+    args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
+                            DEMO_BASELINE])
+    with pytest.raises(ValueError, match='not a SARHead'):
+        tool.build_variant(args, 'sar_gate_closed', base)
+
+
+def test_defaults_follow_the_device(tool):
+    cpu = tool.parse_args(['--device', 'cpu'])
+    assert (cpu.size, cpu.batch, cpu.steps, cpu.warmup) == (256, 2, 10, 2)
+    assert cpu.baseline == osp.join(ROOT, tool.PAPER[0])
+    assert cpu.sar == osp.join(ROOT, tool.PAPER[1])
+    smoke = tool.parse_args(['--smoke', '--device', 'cpu', '--steps', '3'])
+    assert (smoke.size, smoke.batch, smoke.steps) == (32, 2, 3)
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    out_json = tmp_path / 'overhead.json'
+    out = run([PY, 'tools/benchmark_overhead.py', '--smoke', '--device',
+               'cpu', '--json', str(out_json)])
+    with open(out_json) as f:
+        res = json.load(f)
+    assert list(res) == [
+        'baseline', 'sar', 'device', 'device_name', 'threads', 'batch',
+        'size', 'steps', 'warmup', 'memory_steps', 'num_classes', 'channels',
+        'memory_measure', 'targets', 'ratios', 'step_time_s',
+        'inference_time_s', 'peak_memory_bytes', 'checks', 'noise'
+    ]
+    assert (res['baseline'], res['sar']) == tool_smoke_pair()
+    assert (res['device'], res['size'], res['batch'], res['steps'],
+            res['warmup'], res['memory_steps']) == ('cpu', 32, 2, 2, 1, 1)
+    assert (res['num_classes'], res['channels']) == (4, 120)
+    assert 'ru_maxrss' in res['memory_measure']
+    assert res['targets'] == dict(step_time_ratio=1.02,
+                                  peak_memory_ratio=1.03,
+                                  inference_time_ratio=1.00)
+    assert list(res['ratios']) == SAR_VARIANTS
+    for variant in SAR_VARIANTS:
+        assert list(res['ratios'][variant]) == RATIO_KEYS
+        assert all(isinstance(v, float) and v > 0
+                   for v in res['ratios'][variant].values())
+    for key in ('step_time_s', 'inference_time_s'):
+        assert list(res[key]) == VARIANTS
+        assert all(len(v) == 2 and min(v) > 0 for v in res[key].values())
+    assert list(res['peak_memory_bytes']) == VARIANTS
+    assert all(v > 0 for v in res['peak_memory_bytes'].values())
+    checks = res['checks']
+    assert checks['inference_logits_equal'] is True
+    assert checks['pull_loss_last']['sar_pull_active'] > 0
+    if checks['gate_stayed_closed']:
+        assert checks['pull_loss_last']['sar_gate_closed'] == 0
+    assert set(res['noise']) == {'baseline_step_spread',
+                                 'baseline_inference_spread'}
+    for title in ('train step time', 'peak memory', 'inference time'):
+        (line, ) = [x for x in out.splitlines() if x.startswith(title)]
+        assert ('<= 1.0' in line or '1.00 (' in line), line
+    assert f'{res["ratios"]["sar_pull_active"]["step_time_ratio"]:.3f}' in out
+    assert f'wrote {out_json}' in out

@@ -1,0 +1,445 @@
+"""What SAR costs: train-step time, peak memory and inference time vs baseline.
+
+Builds the baseline config and its SAR twin with the same weights (the
+baseline's state dict loaded into the SAR model, whose head sits under
+``decode_head.head.``), then measures, in one run, on one fixed random batch:
+
+- **train-step time**: forward, backward and optimizer step (mmseg's own
+  ``train_step``, then ``zero_grad``/``backward``/``step`` as mmcv's
+  OptimizerHook does), the models taking turns in every step so that machine
+  load hits all alike; the median over steps of SAR time / baseline time.
+- **peak memory**: each model in its own child process, one after the other.
+  On CUDA, ``torch.cuda.max_memory_allocated`` over the training steps
+  (weights, gradients, optimizer state and activations). On the CPU, the
+  growth of the process's peak RSS (``ru_maxrss``) over the training steps
+  beyond its value after building the model: gradients, optimizer state,
+  activations and allocator slack, not the weights nor the libraries.
+- **inference time**: test-mode ``simple_test`` (the config's test_cfg),
+  which for SAR must be the wrapped head alone; checked by equal logits of
+  ``encode_decode`` before training.
+
+SAR is measured in two states: ``sar_gate_closed`` (fresh anchors, the gate
+shut, as in early training: the pull loss is computed and multiplied by 0)
+and ``sar_pull_active`` (``pull_mode='after_init'`` by config override and
+the semantic anchors forced set, so the pull loss acts in every step: the
+expensive case).
+
+Defaults: the paper's HRNetV2-W48 FCN ADE20K pair (C=150, D=720); input
+crop 512 on CUDA, 256 on the CPU (--size); batch 4 on CUDA, 2 on the CPU.
+``--smoke`` runs the tiny demo pair at 32 px for 2 steps (for tests).
+
+JSON (--json OUT): ``baseline``, ``sar`` (config paths), ``device``,
+``device_name``, ``threads``, ``batch``, ``size``, ``steps``, ``warmup``,
+``memory_steps``, ``num_classes``, ``channels``, ``memory_measure`` (what the
+memory numbers are), ``targets`` {step_time_ratio, peak_memory_ratio,
+inference_time_ratio}, ``ratios`` {sar_gate_closed, sar_pull_active: each
+{step_time_ratio, peak_memory_ratio, inference_time_ratio}}, ``step_time_s``,
+``inference_time_s`` {variant: [seconds per timed step]}, ``peak_memory_bytes``
+{variant: bytes}, ``checks`` {inference_logits_equal, gate_stayed_closed,
+pull_loss_last {variant: value}}, ``noise`` {baseline_step_spread,
+baseline_inference_spread} (interquartile range / median).
+"""
+import argparse
+import gc
+import json
+import os
+import os.path as osp
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+
+import torch
+from mmcv.cnn.utils import revert_sync_batchnorm
+from mmcv.runner import build_optimizer
+from mmcv.utils import Config
+
+import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
+from sar.export import sar_to_plain_state_dict
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PAPER = ('configs/baseline/fcn_hr48_4xb4-160k_ade20k-512x512.py',
+         'configs/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py')
+SMOKE = ('configs/demo/fcn_hrtiny_1xb4-300_shapes-64x64.py',
+         'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
+VARIANTS = ('baseline', 'sar_gate_closed', 'sar_pull_active')
+SAR_VARIANTS = VARIANTS[1:]
+TARGETS = OrderedDict(step_time_ratio=1.02, peak_memory_ratio=1.03,
+                      inference_time_ratio=1.00)
+# The inference path of SAR is the baseline's; a measured ratio this close
+# to 1.00 counts as equal (timing noise).
+INFERENCE_TOLERANCE = 0.01
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--baseline', help=f'baseline config ({PAPER[0]})')
+    parser.add_argument('--sar', help=f'SAR config ({PAPER[1]})')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--size', type=int,
+                        help='square input crop (512 on cuda, 256 on cpu)')
+    parser.add_argument('--batch', type=int,
+                        help='images per step (4 on cuda, 2 on cpu)')
+    parser.add_argument('--steps', type=int, help='timed steps per model '
+                        '(30 on cuda, 10 on cpu)')
+    parser.add_argument('--warmup', type=int, help='untimed steps first '
+                        '(5 on cuda, 2 on cpu)')
+    parser.add_argument('--memory-steps', type=int,
+                        help='train steps of each memory child process (3)')
+    parser.add_argument('--threads', type=int,
+                        help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--smoke', action='store_true', help='tiny demo '
+                        'configs, 32 px, 2 steps: checks that it runs')
+    # Internal: run one memory measurement and write it to --child-out.
+    parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument('--child-out', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cuda = args.device == 'cuda'
+    if cuda and not torch.cuda.is_available():
+        parser.error('--device cuda but torch sees no GPU')
+    if args.smoke:
+        defaults = dict(baseline=SMOKE[0], sar=SMOKE[1], size=32, batch=2,
+                        steps=2, warmup=1, memory_steps=1)
+    else:
+        defaults = dict(baseline=PAPER[0], sar=PAPER[1],
+                        size=512 if cuda else 256, batch=4 if cuda else 2,
+                        steps=30 if cuda else 10, warmup=5 if cuda else 2,
+                        memory_steps=3)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.baseline = osp.join(ROOT, args.baseline) \
+        if not osp.isabs(args.baseline) else args.baseline
+    args.sar = osp.join(ROOT, args.sar) if not osp.isabs(args.sar) \
+        else args.sar
+    return args
+
+
+def load_cfg(args, variant):
+    cfg = Config.fromfile(args.baseline if variant == 'baseline'
+                          else args.sar)
+    if variant != 'baseline' and cfg.model.decode_head.get('type') != \
+            'SARHead':
+        raise ValueError(f'{args.sar}: decode_head is not a SARHead')
+    if variant == 'sar_pull_active':
+        cfg.merge_from_dict({'model.decode_head.sar_loss.pull_mode':
+                             'after_init'})
+    cfg.model.pretrained = None  # random weights: no download
+    return cfg
+
+
+def build_model(cfg, args):
+    from mmseg.models import build_segmentor
+    torch.manual_seed(args.seed)
+    model = build_segmentor(cfg.model)
+    # SyncBN needs a process group; one process here.
+    return revert_sync_batchnorm(model).to(args.device)
+
+
+def load_baseline_weights(sar_model, base_model):
+    """The baseline's state dict into the SAR model; SAR's own state stays."""
+    # The export mapping applied to the key names: plain key -> SAR key.
+    sar_keys = sar_model.state_dict().keys()
+    sar_key_of = sar_to_plain_state_dict(OrderedDict((k, k) for k in sar_keys))
+    base = base_model.state_dict()
+    if set(sar_key_of) != set(base):
+        raise ValueError('the two configs are not twins: keys differ, e.g. '
+                         f'{sorted(set(sar_key_of) ^ set(base))[:5]}')
+    missing, unexpected = sar_model.load_state_dict(
+        {sar_key_of[k]: v for k, v in base.items()}, strict=False)
+    assert not unexpected and all('.sar_loss.' in k for k in missing), \
+        (missing, unexpected)
+
+
+def sar_module(model):
+    return model.decode_head.sar_loss
+
+
+def force_pull(model):
+    """Semantic anchors set, so that 'after_init' pulls in every step."""
+    reg = sar_module(model)
+    assert reg.pull_mode == 'after_init'
+    with torch.no_grad():
+        reg.projector.eval()
+        reg.semantic_anchors.copy_(reg.embed_anchors())
+        reg.projector.train()
+        reg.initialised.fill_(True)
+        reg.iters_since_init.zero_()
+
+
+def build_variant(args, variant, base_model=None):
+    cfg = load_cfg(args, variant)
+    model = build_model(cfg, args)
+    if base_model is not None:
+        load_baseline_weights(model, base_model)
+    if variant == 'sar_pull_active':
+        force_pull(model)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    return model, optimizer
+
+
+def fixed_batch(model, args):
+    head = model.decode_head
+    g = torch.Generator().manual_seed(args.seed)
+    b, s = args.batch, args.size
+    img = torch.randn(b, 3, s, s, generator=g)
+    gt = torch.randint(0, head.num_classes, (b, 1, s, s), generator=g)
+    gt[:, :, :max(s // 16, 1)] = head.ignore_index  # as real data sets have
+    meta = dict(img_shape=(s, s, 3), ori_shape=(s, s, 3), pad_shape=(s, s, 3),
+                scale_factor=1.0, flip=False, flip_direction=None)
+    return dict(img=img.to(args.device), img_metas=[dict(meta)] * b,
+                gt_semantic_seg=gt.to(args.device))
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def train_step(model, optimizer, batch):
+    """One training iteration as mmcv's runner and OptimizerHook do it."""
+    model.train()
+    outputs = model.train_step(batch, optimizer)
+    optimizer.zero_grad()
+    outputs['loss'].backward()
+    optimizer.step()
+    return outputs['log_vars']
+
+
+@torch.no_grad()
+def test_step(model, batch):
+    model.eval()
+    return model.simple_test(batch['img'], batch['img_metas'], rescale=True)
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def interleaved(fns, steps, warmup, device):
+    """Seconds per call of each fn, taking turns (order rotated each step)."""
+    times = {name: [] for name in fns}
+    outs = {}
+    names = list(fns)
+    for i in range(warmup + steps):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds, outs[name] = timed(fns[name], device)
+            if i >= warmup:
+                times[name].append(seconds)
+    return times, outs
+
+
+def median_ratio(num, den):
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def spread(values):
+    """Interquartile range over median: the run's timing noise."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / statistics.median(values)
+
+
+def child_main(args):
+    """Peak memory of training one model, in this fresh process."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Weights do not change the memory: no baseline to copy them from.
+    model, optimizer = build_variant(args, args.child)
+    batch = fixed_batch(model, args)
+    gc.collect()
+    cuda = args.device == 'cuda'
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for _ in range(args.memory_steps):
+        train_step(model, optimizer, batch)
+    sync(args.device)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+        measured = peak
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        measured = peak - before
+    with open(args.child_out, 'w') as f:
+        json.dump(dict(variant=args.child, bytes=measured, before=before,
+                       peak=peak), f)
+
+
+def measure_memory(args):
+    """One child process per variant, one after the other."""
+    forwarded = ['--baseline', args.baseline, '--sar', args.sar, '--device',
+                 args.device, '--size', str(args.size), '--batch',
+                 str(args.batch), '--seed', str(args.seed), '--memory-steps',
+                 str(args.memory_steps), '--threads',
+                 str(args.threads or torch.get_num_threads())]
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            out = osp.join(tmp, f'{variant}.json')
+            subprocess.run([sys.executable, osp.abspath(__file__), '--child',
+                            variant, '--child-out', out] + forwarded,
+                           check=True)
+            with open(out) as f:
+                peaks[variant] = json.load(f)['bytes']
+    return peaks
+
+
+def memory_description(device):
+    if device == 'cuda':
+        return ('torch.cuda.max_memory_allocated over the train steps, one '
+                'child process per model: weights, gradients, optimizer '
+                'state and activations')
+    return ('growth of peak RSS (ru_maxrss) over the train steps beyond its '
+            'value after building the model, one child process per model: '
+            'gradients, optimizer state, activations and allocator slack; '
+            'weights and libraries excluded')
+
+
+def run(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peaks = measure_memory(args)
+
+    base, base_opt = build_variant(args, 'baseline')
+    models = {'baseline': (base, base_opt)}
+    for variant in SAR_VARIANTS:
+        models[variant] = build_variant(args, variant, base)
+    batch = fixed_batch(base, args)
+
+    # Test time first, while all weights are still equal.
+    with torch.no_grad():
+        for m, _ in models.values():
+            m.eval()
+        logits = [m.encode_decode(batch['img'], batch['img_metas'])
+                  for m, _ in models.values()]
+    logits_equal = all(torch.equal(logits[0], x) for x in logits[1:])
+    test_times, _ = interleaved(
+        {v: (lambda m=m: test_step(m, batch)) for v, (m, _) in models.items()},
+        args.steps, args.warmup, args.device)
+    train_times, log_vars = interleaved(
+        {v: (lambda m=m, o=o: train_step(m, o, batch))
+         for v, (m, o) in models.items()},
+        args.steps, args.warmup, args.device)
+
+    head = base.decode_head
+    ratios = OrderedDict()
+    for variant in SAR_VARIANTS:
+        ratios[variant] = OrderedDict(
+            step_time_ratio=median_ratio(train_times[variant],
+                                         train_times['baseline']),
+            peak_memory_ratio=peaks[variant] / peaks['baseline']
+            if peaks['baseline'] > 0 else float('nan'),
+            inference_time_ratio=median_ratio(test_times[variant],
+                                              test_times['baseline']))
+    device_name = torch.cuda.get_device_name() if args.device == 'cuda' \
+        else f'CPU ({os.cpu_count()} cores visible)'
+    return OrderedDict(
+        baseline=osp.relpath(args.baseline, ROOT),
+        sar=osp.relpath(args.sar, ROOT),
+        device=args.device,
+        device_name=device_name,
+        threads=torch.get_num_threads(),
+        batch=args.batch,
+        size=args.size,
+        steps=args.steps,
+        warmup=args.warmup,
+        memory_steps=args.memory_steps,
+        num_classes=head.num_classes,
+        channels=head.conv_seg.in_channels,
+        memory_measure=memory_description(args.device),
+        targets=TARGETS,
+        ratios=ratios,
+        step_time_s=train_times,
+        inference_time_s=test_times,
+        peak_memory_bytes=peaks,
+        checks=OrderedDict(
+            inference_logits_equal=logits_equal,
+            gate_stayed_closed=not bool(
+                sar_module(models['sar_gate_closed'][0]).initialised),
+            pull_loss_last={v: log_vars[v].get('decode.loss_sar_pull')
+                            for v in SAR_VARIANTS}),
+        noise=OrderedDict(
+            baseline_step_spread=spread(train_times['baseline']),
+            baseline_inference_spread=spread(test_times['baseline'])))
+
+
+def report(res):
+    gib = 2.0**30
+    lines = [
+        f'SAR overhead: {res["sar"]} vs {res["baseline"]} '
+        f'(C={res["num_classes"]}, D={res["channels"]})',
+        f'device: {res["device_name"]}, {res["threads"]} torch threads; input '
+        f'{res["batch"]}x3x{res["size"]}x{res["size"]} (--size default: 512 '
+        'on cuda, 256 on cpu)',
+        f'time: median over {res["steps"]} steps after {res["warmup"]} '
+        'warm-up, models taking turns in each step',
+        f'memory: {res["memory_measure"]}; {res["memory_steps"]} train steps',
+        '',
+        f'{"SAR / baseline":<22}{"gate closed":>13}{"pull active":>13}'
+        '   target',
+    ]
+    rows = (('train step time', 'step_time_ratio', '<= 1.02'),
+            ('peak memory', 'peak_memory_ratio', '<= 1.03'),
+            ('inference time', 'inference_time_ratio',
+             f'1.00 (+-{INFERENCE_TOLERANCE:.2f} noise)'))
+    for title, key, target in rows:
+        values = [res['ratios'][v][key] for v in SAR_VARIANTS]
+        if key == 'inference_time_ratio':
+            ok = all(abs(x - 1.0) <= INFERENCE_TOLERANCE for x in values)
+        else:
+            ok = all(x <= TARGETS[key] for x in values)
+        lines.append(f'{title:<22}' + ''.join(f'{x:>13.3f}' for x in values)
+                     + f'   {target}: {"met" if ok else "NOT met"}')
+    base_t = res['step_time_s']['baseline']
+    base_i = res['inference_time_s']['baseline']
+    mem = res['peak_memory_bytes']
+    checks = res['checks']
+    lines += [
+        '',
+        f'baseline: train step {statistics.median(base_t):.3f} s (spread '
+        f'{100 * res["noise"]["baseline_step_spread"]:.1f}%), inference '
+        f'{statistics.median(base_i):.3f} s (spread '
+        f'{100 * res["noise"]["baseline_inference_spread"]:.1f}%), memory '
+        f'{mem["baseline"] / gib:.3f} GiB',
+        'SAR memory: ' + ', '.join(
+            f'{v} {mem[v] / gib:.3f} GiB' for v in SAR_VARIANTS),
+        f'checks: test-time logits equal to the baseline\'s: '
+        f'{checks["inference_logits_equal"]}; gate stayed closed: '
+        f'{checks["gate_stayed_closed"]}; last pull loss: ' + ', '.join(
+            f'{v} {checks["pull_loss_last"][v]:.4g}' for v in SAR_VARIANTS),
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    res = run(args)
+    print(report(res))
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(res, f, indent=2)
+        print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()
