@@ -4,6 +4,7 @@ The flags both tools share with mmseg 0.30 (config overrides, launcher),
 and the config adjustments that let a GPU config run on the machine at hand.
 """
 import os
+import warnings
 
 import torch
 from mmcv.utils import Config, DictAction
@@ -48,11 +49,49 @@ def adapt_cfg_to_machine(cfg):
     return cfg
 
 
+SAR_TYPES = ('SARHead', 'SemanticAnchorLoss')
+
+
+def _names_sar(node):
+    if isinstance(node, dict):
+        return node.get('type') in SAR_TYPES or any(
+            _names_sar(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_names_sar(v) for v in node)
+    return False
+
+
+def check_custom_imports(cfg, path='the config'):
+    """Warn when a config uses SAR without importing it itself.
+
+    These tools import ``sar`` anyway, so such a config trains here, but
+    mmseg's own tools and users' scripts build the model before anything
+    imports ``sar`` and stop with "KeyError: 'SARHead is not in the models
+    registry'". Returns the warning text, or None.
+    """
+    if not _names_sar(cfg.get('model')):
+        return None
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    if isinstance(imports, str):
+        imports = [imports]
+    if 'sar' in imports:
+        return None
+    text = (f'{path} uses SARHead/SemanticAnchorLoss without '
+            "custom_imports = dict(imports=['sar'], "
+            'allow_failed_imports=False): SAR\'s tools import sar anyway, but '
+            "mmseg's tools and your own scripts will stop with KeyError "
+            "'SARHead is not in the models registry'. Add that line to the "
+            'config.')
+    warnings.warn(text)
+    return text
+
+
 def load_config(args):
     """The config of ``args.config`` with ``--cfg-options`` applied."""
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    check_custom_imports(cfg, args.config)
     adapt_cfg_to_machine(cfg)
     if cfg.get('cudnn_benchmark', False):
         torch.backends.cudnn.benchmark = True

@@ -83,7 +83,7 @@ def test_prototypes_have_no_projector_and_only_pull_features():
     feats, labels = scene()
     out = reg(feats.float().detach().requires_grad_(), labels, no_classifier)
     assert set(out) == {'pull', 'anchor_ce', 'anchor_acc', 'gate_open',
-                        'iters_since_init'}
+                        'iters_since_init', 'anchor_max_cos', 'nonfinite'}
     with pytest.raises(RuntimeError, match='prototype'):
         reg.embed_anchors()
     with pytest.raises(ValueError, match='anchor_source'):

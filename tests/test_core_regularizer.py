@@ -48,7 +48,7 @@ def test_keys_are_stable_and_pull_is_zero_while_gate_closed():
         classifier.bias.zero_()
     out = reg(feats, labels, classifier)
     assert set(out) == {'pull', 'anchor_ce', 'anchor_acc', 'gate_open',
-                        'iters_since_init'}
+                        'iters_since_init', 'anchor_max_cos', 'nonfinite'}
     assert out['gate_open'].item() == 0 and out['pull'].item() == 0
     assert out['pull'].requires_grad
     assert out['anchor_ce'].item() == pytest.approx(-torch.log(

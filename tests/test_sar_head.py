@@ -11,7 +11,8 @@ from conftest import DEMO_BASELINE, DEMO_SAR, tiny_batch
 from sar.export import sar_to_plain_state_dict
 
 SAR_KEYS = {'loss_sar_pull', 'loss_sar_anchor_ce', 'sar.anchor_acc',
-            'sar.gate_open', 'sar.iters_since_init'}
+            'sar.gate_open', 'sar.iters_since_init', 'sar.anchor_max_cos',
+            'sar.nonfinite'}
 
 
 def fcn_cfg(**kwargs):

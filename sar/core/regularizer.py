@@ -2,8 +2,12 @@
 
 Shape shorthand: B batch, C classes, D feature channels, h x w feature map.
 """
+import math
+import warnings
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import dist as sar_dist
 from .functional import (ANCHOR_INITS, DISTANCES, anchor_ce, class_sums,
@@ -83,6 +87,15 @@ class SemanticAnchorRegularizer(nn.Module):
             ``pull_weight`` and ``distance``, once its class has a
             prototype. ``sar.gate_open`` then reports whether every class
             has one, ``sar.anchor_acc`` how the classifier labels them.
+        collapse_cos (float): warn when the largest cosine between two
+            anchors (``sar.anchor_max_cos``) stays above this ...
+        collapse_patience (int): ... for this many training steps.
+
+    Bad input: labels outside ``[0, C)`` that are not ``ignore_index`` raise
+    a ValueError naming them. A batch with no labelled pixel, or with
+    non-finite features or anchors, changes no state (gate reported closed,
+    ``sar.nonfinite`` = 1 for the latter), so the buffers never hold a NaN.
+    The anchor math runs in float32 or wider, also under autocast.
     """
 
     def __init__(self,
@@ -99,32 +112,13 @@ class SemanticAnchorRegularizer(nn.Module):
                  ignore_index=255,
                  detach_ce_weights=False,
                  norm_layer=nn.BatchNorm2d,
-                 anchor_source='embedded'):
+                 anchor_source='embedded',
+                 collapse_cos=0.99,
+                 collapse_patience=100):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(
-                f'SAR needs num_classes >= 2 (one anchor per class, each '
-                f'classified against the others), got {num_classes}; for '
-                f'binary segmentation use a softmax head with num_classes=2')
-        if pull_mode not in PULL_MODES:
-            raise ValueError(f'pull_mode must be one of {PULL_MODES}, '
-                             f'got {pull_mode!r}')
-        if distance not in DISTANCES:
-            raise ValueError(f'distance must be one of {DISTANCES}, '
-                             f'got {distance!r}')
-        if anchor_source not in ANCHOR_SOURCES:
-            raise ValueError(f'anchor_source must be one of '
-                             f'{ANCHOR_SOURCES}, got {anchor_source!r}')
-        if anchor_init not in ANCHOR_INITS:
-            raise ValueError(f'anchor_init must be one of {ANCHOR_INITS}, '
-                             f'got {anchor_init!r}')
-        for name, value in (('filter_conf', filter_conf),
-                            ('update_conf', update_conf),
-                            ('ema_momentum', ema_momentum)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f'{name} must lie in [0, 1], got {value}')
-        if not 0.0 < update_conf:
-            raise ValueError('update_conf must be > 0')
+        _check_settings(num_classes, channels, pull_weight, anchor_ce_weight,
+                        filter_conf, update_conf, ema_momentum, anchor_init,
+                        distance, pull_mode, anchor_source, collapse_cos)
         self.num_classes = num_classes
         self.channels = channels
         self.pull_weight = pull_weight
@@ -138,6 +132,8 @@ class SemanticAnchorRegularizer(nn.Module):
         self.ignore_index = ignore_index
         self.detach_ce_weights = detach_ce_weights
         self.anchor_source = anchor_source
+        self.collapse_cos = collapse_cos
+        self.collapse_patience = collapse_patience
 
         # Prototypes need no projector; leaving it out keeps DDP free of
         # parameters that never get a gradient.
@@ -154,6 +150,12 @@ class SemanticAnchorRegularizer(nn.Module):
         # A0 comes from each process's own generator; it is made rank 0's at
         # the first training step (see _agree_on_init_anchors).
         self._init_anchors_agreed = False
+        # Consecutive training steps with anchors above collapse_cos, kept
+        # on the anchors' device and read on the host only every few steps.
+        # Not a buffer: mmcv's checkpoints save non-persistent ones too.
+        self._collapse_steps = None
+        self._steps = 0
+        self._collapse_warned = False
         if anchor_source == 'prototype':
             self.register_buffer('class_seen',
                                  torch.zeros(num_classes, dtype=torch.bool))
@@ -177,7 +179,7 @@ class SemanticAnchorRegularizer(nn.Module):
             sar_dist.broadcast_from_first(self.init_anchors)
             self._init_anchors_agreed = True
 
-    def forward(self, feats, labels, classifier):
+    def forward(self, feats, labels, classifier, check_labels=True):
         """Both SAR losses for one training batch.
 
         Args:
@@ -186,21 +188,36 @@ class SemanticAnchorRegularizer(nn.Module):
                 (nearest) to the features.
             classifier (callable): maps (C, D) embedded anchors to (C, C)
                 logits with the same weights that classify pixels.
+            check_labels (bool): refuse labels outside ``[0, C)`` other than
+                ``ignore_index`` (one host synchronisation); off only for a
+                caller that has checked them already.
 
         Shape:
             feats (B, D, h, w), labels (B, 1, H, W) or (B, H, W) long.
 
         Returns:
             dict: ``pull`` and ``anchor_ce`` (weighted losses, every call),
-            ``anchor_acc``, ``gate_open``, ``iters_since_init``
-            (diagnostics, no gradient).
+            ``anchor_acc``, ``gate_open``, ``iters_since_init``,
+            ``anchor_max_cos``, ``nonfinite`` (diagnostics, no gradient).
 
         The gate, the EMA anchors and the counter change only in training
         mode: mmcv's val workflow calls ``forward_train`` in eval mode, where
         the projector's norms use running statistics and nothing is learnt.
         """
-        if self.anchor_source == 'prototype':
-            return self._forward_prototype(feats, labels, classifier)
+        if check_labels:
+            check_label_values(labels, self.num_classes, self.ignore_index)
+        # The anchor math in float32 whatever autocast region calls it; the
+        # features keep their dtype and the pull accumulates in float32.
+        with torch.autocast(feats.device.type, enabled=False):
+            if self.anchor_source == 'prototype':
+                out = self._forward_prototype(feats, labels, classifier)
+            else:
+                out = self._forward_embedded(feats, labels, classifier)
+        if self.training:
+            self._watch_collapse(out['anchor_max_cos'])
+        return out
+
+    def _forward_embedded(self, feats, labels, classifier):
         if self.training:
             self._agree_on_init_anchors()
         embedded = self.embed_anchors()
@@ -208,34 +225,49 @@ class SemanticAnchorRegularizer(nn.Module):
         ce_loss, ce = anchor_ce(logits, self.filter_conf,
                                 self.detach_ce_weights)
         with torch.no_grad():
-            gate = sar_dist.all_gate(gate_open(logits, ce, self.update_conf))
+            labels_small = downsample_labels(labels, feats.shape[2:])
+            labelled = (labels_small != self.ignore_index).any()
+            finite = (torch.isfinite(embedded).all()
+                      & torch.isfinite(logits).all()
+                      & torch.isfinite(feats).all())
+            gate = gate_open(logits, ce, self.update_conf) & labelled & finite
+            gate = sar_dist.all_gate(gate)
             if self.training:
                 ema_update(self.semantic_anchors, embedded.detach(),
                            self.initialised, gate, self.ema_momentum)
                 sar_dist.mean_across_ranks(self.semantic_anchors)
                 self.iters_since_init.add_(self.initialised.long())
             pulling = gate if self.pull_mode == 'gate' else self.initialised
-            labels_small = downsample_labels(labels, feats.shape[2:])
+            targets = torch.arange(self.num_classes, device=logits.device)
+            acc = (logits.argmax(dim=1) == targets).float().mean()
+            max_cos = max_pairwise_cosine(embedded)
         pull = pull_loss(feats, labels_small, self.semantic_anchors,
                          self.ignore_index, self.distance)
-        targets = torch.arange(self.num_classes, device=logits.device)
-        acc = (logits.detach().argmax(dim=1) == targets).float().mean()
+        # No labelled pixel: no SAR loss at all (a zero with a graph).
+        ce_loss = ce_loss * labelled.to(ce_loss.dtype)
         return dict(
             pull=self.pull_weight * pull * pulling.to(pull.dtype),
             anchor_ce=self.anchor_ce_weight * ce_loss,
             anchor_acc=acc,
             gate_open=gate.float(),
-            iters_since_init=self.iters_since_init.float())
+            iters_since_init=self.iters_since_init.float(),
+            anchor_max_cos=max_cos,
+            nonfinite=(~finite).float())
 
     def _forward_prototype(self, feats, labels, classifier):
         """The prototype ablation; same arguments and keys as forward."""
         with torch.no_grad():
             labels_small = downsample_labels(labels, feats.shape[2:])
+            finite = torch.isfinite(feats).all()
             if self.training:
                 sums, counts = class_sums(feats.detach(), labels_small,
                                           self.num_classes, self.ignore_index)
                 sar_dist.sum_across_ranks(sums)
                 sar_dist.sum_across_ranks(counts)
+                # A non-finite class mean is not taken (nor, on any rank,
+                # after the sum): the prototypes stay finite.
+                counts = torch.where(torch.isfinite(sums).all(dim=1), counts,
+                                     torch.zeros_like(counts))
                 prototype_update(self.semantic_anchors, self.class_seen,
                                  sums, counts, self.ema_momentum)
                 self.initialised.copy_(self.class_seen.any())
@@ -252,6 +284,8 @@ class SemanticAnchorRegularizer(nn.Module):
             classes = torch.arange(self.num_classes, device=logits.device)
             right = logits.argmax(dim=1) == classes
             acc = (right & self.class_seen).float().mean()
+            max_cos = max_pairwise_cosine(self.semantic_anchors,
+                                          self.class_seen)
         pull = pull_loss(feats, targets, self.semantic_anchors,
                          self.ignore_index, self.distance)
         return dict(
@@ -259,4 +293,116 @@ class SemanticAnchorRegularizer(nn.Module):
             anchor_ce=pull.new_zeros(()),  # no auxiliary CE; a stable key
             anchor_acc=acc,
             gate_open=self.class_seen.all().float(),
-            iters_since_init=self.iters_since_init.float())
+            iters_since_init=self.iters_since_init.float(),
+            anchor_max_cos=max_cos,
+            nonfinite=(~finite).float())
+
+    def _watch_collapse(self, max_cos, every=10):
+        """Warn once when the anchors stay nearly parallel.
+
+        Counted on the device every step, read on the host every ``every``
+        steps, so training keeps no extra per-step synchronisation.
+        """
+        over = max_cos > self.collapse_cos
+        if self._collapse_steps is None or \
+                self._collapse_steps.device != over.device:
+            self._collapse_steps = torch.zeros((), dtype=torch.long,
+                                               device=over.device)
+        self._collapse_steps = torch.where(
+            over, self._collapse_steps + 1,
+            torch.zeros_like(self._collapse_steps))
+        self._steps += 1
+        if self._collapse_warned or self._steps % every:
+            return
+        steps = int(self._collapse_steps)
+        if steps >= self.collapse_patience:
+            self._collapse_warned = True
+            warnings.warn(
+                f'SAR: the anchors have had a pairwise cosine above '
+                f'{self.collapse_cos} for {steps} training steps (now '
+                f'{float(max_cos):.4f}): they are collapsing onto each other '
+                f'and no longer separate the classes. Check the learning '
+                f'rate and the anchor CE (sar.anchor_acc); '
+                f"anchor_init='etf' or 'orthogonal' starts them apart.",
+                RuntimeWarning)
+
+
+def max_pairwise_cosine(anchors, present=None):
+    """Largest cosine similarity between two different anchors.
+
+    Args:
+        anchors (Tensor): the anchors.
+        present (Tensor, optional): bool, which rows take part (all by
+            default); with fewer than two, the result is 0.
+
+    Shape:
+        anchors (C, D), present (C,) -> () float32 or wider.
+    """
+    unit = F.normalize(anchors.float(), dim=1, eps=1e-12)
+    cos = unit @ unit.t()
+    pair = ~torch.eye(cos.shape[0], dtype=torch.bool, device=cos.device)
+    if present is not None:
+        pair &= present[:, None] & present[None, :]
+    return torch.where(pair, cos, torch.full_like(cos, -2.0)).max().clamp(
+        min=0.0) if present is not None else cos[pair].max()
+
+
+def check_label_values(labels, num_classes, ignore_index):
+    """Refuse labels that are neither a class nor ``ignore_index``.
+
+    torch would fail later with an index error (CPU) or a device-side
+    assert (CUDA) that names nothing; this names the values and the fix.
+
+    Shape:
+        labels (B, 1, H, W) or (B, H, W), integer.
+    """
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        values = torch.unique(labels[bad]).tolist()
+        shown = ', '.join(str(v) for v in values[:10])
+        raise ValueError(
+            f'SAR: labels hold {len(values)} value(s) that are neither a '
+            f'class in [0, {num_classes - 1}] nor the ignore index '
+            f'{ignore_index}: {shown}{" ..." if len(values) > 10 else ""}. '
+            f'Fix the annotations, or the settings that map them: the '
+            f"head's num_classes and ignore_index, the dataset's "
+            f'reduce_zero_label, or a label map in the pipeline')
+
+
+def _check_settings(num_classes, channels, pull_weight, anchor_ce_weight,
+                    filter_conf, update_conf, ema_momentum, anchor_init,
+                    distance, pull_mode, anchor_source, collapse_cos):
+    """Build-time checks; each message names the key, the value, the fix."""
+    if num_classes < 2:
+        raise ValueError(
+            f'SAR needs num_classes >= 2 (one anchor per class, each '
+            f'classified against the others), got {num_classes}; for '
+            f'binary segmentation use a softmax head with num_classes=2')
+    if channels < 1:
+        raise ValueError(f'channels must be >= 1, got {channels}')
+    for key, value, options in (('anchor_init', anchor_init, ANCHOR_INITS),
+                                ('distance', distance, DISTANCES),
+                                ('pull_mode', pull_mode, PULL_MODES),
+                                ('anchor_source', anchor_source,
+                                 ANCHOR_SOURCES)):
+        if value not in options:
+            raise ValueError(f'{key} must be one of {options}, got '
+                             f'{value!r}; set {key}={options[0]!r} for the '
+                             f"paper's choice")
+    for key, value, paper in (('pull_weight', pull_weight, 0.1),
+                              ('anchor_ce_weight', anchor_ce_weight, 1.0)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f'{key} must be a finite number >= 0, got '
+                             f'{value}; the paper uses {key}={paper}')
+    for key, value, low_open, high_open, paper in (
+            ('filter_conf', filter_conf, True, False, 0.9),
+            ('update_conf', update_conf, True, True, 0.8),
+            ('ema_momentum', ema_momentum, False, True, 0.999),
+            ('collapse_cos', collapse_cos, False, False, 0.99)):
+        low_ok = value > 0 if low_open else value >= 0
+        high_ok = value < 1 if high_open else value <= 1
+        if not (math.isfinite(value) and low_ok and high_ok):
+            interval = ('(' if low_open else '[') + '0, 1' + \
+                (')' if high_open else ']')
+            raise ValueError(f'{key} must lie in {interval}, got {value}; '
+                             f'the paper uses {key}={paper}')

@@ -13,6 +13,8 @@ from mmseg.models.builder import HEADS, build_head, build_loss
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from torch import nn
 
+from ..core.regularizer import check_label_values
+
 # What EncoderDecoder / CascadeEncoderDecoder and mmseg's tools read off a
 # decode head, forwarded to the wrapped one.
 _FORWARDED = ('num_classes', 'out_channels', 'align_corners', 'ignore_index',
@@ -59,9 +61,22 @@ class SARHead(BaseModule):
     def __init__(self, head, sar_loss=dict(type='SemanticAnchorLoss'),
                  init_cfg=None):
         super().__init__(init_cfg)
+        if dict(head).get('type') in ('SARHead', SARHead):
+            raise TypeError(
+                'SARHead cannot wrap another SARHead: a model takes SAR once. '
+                "Give the inner head's config as `head` (in a config over a "
+                'SAR config, use the base model\'s decode_head.head)')
         self.head = build_head(head)
         _check_supported(self.head)
         sar_loss = dict(sar_loss)
+        for key, value in (('num_classes', self.head.num_classes),
+                           ('channels', self.head.conv_seg.in_channels)):
+            if key in sar_loss and sar_loss[key] != value:
+                raise ValueError(
+                    f'SARHead: sar_loss.{key}={sar_loss[key]} disagrees with '
+                    f'the wrapped {type(self.head).__name__} ({key} '
+                    f'{value}); remove sar_loss.{key}: it is taken from '
+                    f'the head')
         sar_loss.setdefault('num_classes', self.head.num_classes)
         sar_loss.setdefault('channels', self.head.conv_seg.in_channels)
         ignore = self.head.ignore_index
@@ -128,6 +143,10 @@ class SARHead(BaseModule):
         bound = inspect.signature(self.head.forward_train).bind(
             *args, **kwargs)
         gt_semantic_seg = bound.arguments['gt_semantic_seg']
+        # Before the head's own loss, whose error for such labels names
+        # nothing (CPU) or is a device-side assert (CUDA).
+        check_label_values(gt_semantic_seg, self.sar_loss.num_classes,
+                           self.sar_loss.ignore_index)
         captured = []
         classify = self.head.cls_seg
 
@@ -146,7 +165,7 @@ class SARHead(BaseModule):
                 'called cls_seg, so no features reached the SAR loss; this '
                 'head is not supported.')
         sar_losses = self.sar_loss(captured[-1], gt_semantic_seg,
-                                   self._classify_anchors)
+                                   self._classify_anchors, check_labels=False)
         clash = set(sar_losses) & set(losses)
         if clash:
             raise KeyError(f'SARHead: loss keys {sorted(clash)} exist in '

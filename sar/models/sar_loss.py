@@ -1,4 +1,6 @@
 """``SemanticAnchorLoss``: the SAR core behind mmseg's loss registry."""
+import math
+
 from mmcv.cnn import build_norm_layer
 from mmseg.models.builder import LOSSES
 
@@ -50,8 +52,11 @@ class SemanticAnchorLoss(SemanticAnchorRegularizer):
     returns mmseg loss entries ``<loss_name>_pull`` and
     ``<loss_name>_anchor_ce`` (present in every iteration: the pull loss is
     an exact zero while the gate is closed) and diagnostics ``sar.anchor_acc``,
-    ``sar.gate_open`` and ``sar.iters_since_init``, whose names lack "loss"
-    so that mmseg logs them without adding them to the total.
+    ``sar.gate_open``, ``sar.iters_since_init``, ``sar.anchor_max_cos``
+    (largest cosine between two anchors) and ``sar.nonfinite`` (1 when the
+    step's features or anchors held a NaN/Inf and SAR's state was left
+    alone), whose names lack "loss" so that mmseg logs them without adding
+    them to the total.
 
     Args:
         num_classes (int): C; SARHead fills it in from the wrapped head.
@@ -80,6 +85,10 @@ class SemanticAnchorLoss(SemanticAnchorRegularizer):
                  loss_weight=1.0,
                  loss_name='loss_sar',
                  **kwargs):
+        if not (math.isfinite(loss_weight) and loss_weight >= 0):
+            raise ValueError(
+                f'SemanticAnchorLoss: loss_weight must be a finite number '
+                f'>= 0, got {loss_weight}; 1.0 keeps the paper\'s weights')
         if not loss_name.startswith('loss_'):
             raise ValueError(
                 f"SemanticAnchorLoss: loss_name must start with 'loss_' for "
@@ -94,12 +103,14 @@ class SemanticAnchorLoss(SemanticAnchorRegularizer):
         """Prefix of the loss keys, as in mmseg's loss contract."""
         return self._loss_name
 
-    def forward(self, feats, labels, classifier):
-        out = super().forward(feats, labels, classifier)
+    def forward(self, feats, labels, classifier, check_labels=True):
+        out = super().forward(feats, labels, classifier, check_labels)
         return {
             f'{self.loss_name}_pull': self.loss_weight * out['pull'],
             f'{self.loss_name}_anchor_ce': self.loss_weight * out['anchor_ce'],
             'sar.anchor_acc': out['anchor_acc'],
             'sar.gate_open': out['gate_open'],
             'sar.iters_since_init': out['iters_since_init'],
+            'sar.anchor_max_cos': out['anchor_max_cos'],
+            'sar.nonfinite': out['nonfinite'],
         }

@@ -1,0 +1,244 @@
+"""Bad configs and bad data: clear errors at build time, no NaN in the state,
+fp32 anchor math under autocast, a warning when the anchors collapse."""
+import math
+
+import pytest
+import torch
+from mmcv.utils import Config
+from mmseg.models import build_head
+
+from sar.core import SemanticAnchorRegularizer
+from sar.runtime import check_custom_imports
+
+C, D = 3, 8
+
+
+def fcn_cfg(**kwargs):
+    cfg = dict(type='FCNHead', in_channels=6, channels=D, num_convs=1,
+               num_classes=C, dropout_ratio=0.0, norm_cfg=dict(type='BN'))
+    cfg.update(kwargs)
+    return cfg
+
+
+def sar_head(head=None, **sar_loss):
+    torch.manual_seed(0)
+    return build_head(dict(type='SARHead', head=head or fcn_cfg(),
+                           sar_loss=dict(type='SemanticAnchorLoss',
+                                         **sar_loss)))
+
+
+def inputs(B=2, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(B, 6, size, size, generator=g)]
+    gt = torch.randint(0, C, (B, 1, size * 4, size * 4), generator=g)
+    gt[0, :, :4] = 255
+    return x, gt
+
+
+# (setting, value, what the message must say)
+BAD_SETTINGS = [
+    ('anchor_init', 'uniform', "anchor_init must be one of .*'uniform'.*"
+     "anchor_init='gaussian'"),
+    ('distance', 'l1', "distance must be one of .*'l1'.*distance='mse'"),
+    ('pull_mode', 'always', "pull_mode must be one of .*'always'"),
+    ('anchor_source', 'feats', 'anchor_source must be one of'),
+    ('pull_weight', -0.1, r'pull_weight must be a finite number >= 0, got '
+     r'-0.1; the paper uses pull_weight=0.1'),
+    ('pull_weight', math.nan, 'pull_weight must be a finite number'),
+    ('anchor_ce_weight', math.inf, 'anchor_ce_weight must be a finite'),
+    ('filter_conf', 0.0, r'filter_conf must lie in \(0, 1\], got 0.0; the '
+     'paper uses filter_conf=0.9'),
+    ('filter_conf', 1.5, r'filter_conf must lie in \(0, 1\]'),
+    ('update_conf', 1.0, r'update_conf must lie in \(0, 1\), got 1.0'),
+    ('update_conf', -0.2, r'update_conf must lie in \(0, 1\)'),
+    ('ema_momentum', 1.0, r'ema_momentum must lie in \[0, 1\), got 1.0'),
+    ('ema_momentum', -0.5, r'ema_momentum must lie in \[0, 1\)'),
+]
+
+
+@pytest.mark.parametrize('key,value,message', BAD_SETTINGS)
+def test_bad_settings_are_refused_at_build_time(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        SemanticAnchorRegularizer(C, D, **{key: value})
+    with pytest.raises(ValueError, match=message):  # and through mmseg
+        sar_head(**{key: value})
+
+
+@pytest.mark.parametrize('key,value', [('filter_conf', 1.0),
+                                       ('ema_momentum', 0.0),
+                                       ('pull_weight', 0.0)])
+def test_edge_values_that_make_sense_are_accepted(key, value):
+    SemanticAnchorRegularizer(C, D, **{key: value})
+
+
+def test_bad_loss_weight_is_refused():
+    with pytest.raises(ValueError, match='loss_weight must be a finite'):
+        sar_head(loss_weight=-1.0)
+
+
+@pytest.mark.parametrize('key,value', [('num_classes', 5), ('channels', 4)])
+def test_loss_settings_that_disagree_with_the_head_are_refused(key, value):
+    with pytest.raises(ValueError, match=f'sar_loss.{key}={value} disagrees '
+                       f'with the wrapped FCNHead.*remove sar_loss.{key}'):
+        sar_head(**{key: value})
+    agreeing = {'num_classes': C, 'channels': D}[key]
+    sar_head(**{key: agreeing})  # the same value is fine
+
+
+def test_sar_head_cannot_wrap_a_sar_head():
+    inner = dict(type='SARHead', head=fcn_cfg())
+    with pytest.raises(TypeError, match='cannot wrap another SARHead'):
+        build_head(dict(type='SARHead', head=inner))
+
+
+def test_config_without_custom_imports_gets_the_fix_named():
+    cfg = Config(dict(model=dict(decode_head=dict(type='SARHead',
+                                                  head=fcn_cfg()))))
+    with pytest.warns(UserWarning, match=r"custom_imports = dict\(imports="
+                      r"\['sar'\]"):
+        assert check_custom_imports(cfg) is not None
+    cfg.custom_imports = dict(imports=['sar'], allow_failed_imports=False)
+    assert check_custom_imports(cfg) is None
+    plain = Config(dict(model=dict(decode_head=fcn_cfg())))
+    assert check_custom_imports(plain) is None
+
+
+# --- bad data at run time ----------------------------------------------------
+
+@pytest.mark.parametrize('bad', [[3], [7, 19], [-1]])
+def test_out_of_range_labels_are_named(bad):
+    head = sar_head()
+    x, gt = inputs()
+    for i, value in enumerate(bad):
+        gt[1, 0, 5, i] = value
+    shown = ', '.join(str(v) for v in sorted(bad))
+    with pytest.raises(ValueError, match=rf'{len(bad)} value\(s\) that are '
+                       rf'neither a class in \[0, 2\] nor the ignore index '
+                       rf'255: {shown}\. Fix the annotations'):
+        head.forward_train(x, [{}] * 2, gt, None)
+    reg = SemanticAnchorRegularizer(C, D)  # plain torch, same message
+    with pytest.raises(ValueError, match=rf'ignore index 255: {shown}'):
+        reg(torch.rand(2, D, 8, 8), gt, torch.nn.Linear(D, C))
+
+
+def test_all_ignored_batch_gives_zero_and_changes_nothing():
+    head = sar_head(pull_mode='after_init')
+    x, gt = inputs()
+    head.forward_train(x, [{}] * 2, gt, None)  # a normal step first
+    sar = head.sar_loss
+    sar.initialised.fill_(True)
+    sar.semantic_anchors.normal_()
+    # an oracle classifier would open the gate; the labels must close it
+    with torch.no_grad():
+        head.head.conv_seg.weight.mul_(0)
+    before = {k: v.clone() for k, v in sar.state_dict().items()
+              if 'projector' not in k}
+    ignored = torch.full_like(gt, 255)
+    losses = head.sar_loss(torch.rand(2, D, 8, 8, requires_grad=True),
+                           ignored, lambda e: 50.0 * torch.eye(C) + 0 *
+                           e[:, :C])
+    assert losses['loss_sar_pull'].item() == 0
+    assert losses['loss_sar_anchor_ce'].item() == 0
+    assert losses['sar.gate_open'].item() == 0
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    for key, value in sar.state_dict().items():
+        if key in before and key != 'iters_since_init':
+            assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize('where', ['features', 'anchors'])
+def test_non_finite_steps_leave_the_state_finite(where):
+    reg = SemanticAnchorRegularizer(C, D, pull_mode='after_init')
+    oracle = lambda e: 50.0 * torch.eye(C) + 0 * e[:, :C]  # noqa: E731
+    feats = torch.rand(2, D, 4, 4)
+    labels = torch.randint(0, C, (2, 4, 4))
+    reg(feats, labels, oracle)  # the gate opens: S is set
+    assert reg.initialised
+    before = reg.semantic_anchors.clone()
+    if where == 'features':
+        feats = feats.clone()
+        feats[0, 0, 0, 0] = math.nan
+    else:
+        with torch.no_grad():
+            reg.projector.fc2.weight[0, 0] = math.inf
+    out = reg(feats, labels, oracle)
+    assert out['nonfinite'].item() == 1 and out['gate_open'].item() == 0
+    assert torch.equal(reg.semantic_anchors, before)
+    for key, value in reg.state_dict().items():
+        if value.is_floating_point() and 'projector' not in key:
+            assert torch.isfinite(value).all(), key
+    healthy = SemanticAnchorRegularizer(C, D)(torch.rand(2, D, 4, 4), labels,
+                                              oracle)
+    assert healthy['nonfinite'].item() == 0
+
+
+def test_anchor_math_stays_fp32_under_bf16_autocast():
+    head = sar_head(pull_mode='after_init')
+    head.sar_loss.initialised.fill_(True)
+    head.sar_loss.semantic_anchors.uniform_()
+    x, gt = inputs()
+    dtypes = []
+    head.sar_loss.projector.register_forward_hook(
+        lambda m, a, out: dtypes.append(out.dtype))
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    reference = head.forward_train(x, [{}] * 2, gt, None)
+    head.load_state_dict(state)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mixed = head.forward_train(x, [{}] * 2, gt, None)
+        seen_feats = head.head._forward_feature(x).dtype
+    assert seen_feats == torch.bfloat16  # autocast really was on
+    assert dtypes == [torch.float32, torch.float32]
+    for key in ('loss_sar_pull', 'loss_sar_anchor_ce'):
+        assert mixed[key].dtype == torch.float32, key
+        assert torch.isfinite(mixed[key])
+    # The anchor path does not see the features: identical in fp32.
+    assert mixed['loss_sar_anchor_ce'].item() == pytest.approx(
+        reference['loss_sar_anchor_ce'].item(), rel=1e-6)
+    # The pull sees bf16 features: equal to their precision.
+    assert mixed['loss_sar_pull'].item() == pytest.approx(
+        reference['loss_sar_pull'].item(), rel=3e-2)
+    mixed['loss_sar_pull'].backward()
+
+
+# --- collapse guard ----------------------------------------------------------
+
+def collapsed_regularizer(**kwargs):
+    reg = SemanticAnchorRegularizer(C, D, **kwargs)
+    with torch.no_grad():
+        reg.init_anchors.copy_(reg.init_anchors[:1].expand(C, D))
+        reg.projector.norm3.bias.fill_(1.0)  # identical rows, not zeros
+    return reg
+
+
+def test_collapsed_anchors_are_reported_and_warned_about():
+    reg = collapsed_regularizer(collapse_patience=20)
+    feats, labels = torch.rand(2, D, 4, 4), torch.randint(0, C, (2, 4, 4))
+    cls = torch.nn.Linear(D, C)
+    with pytest.warns(RuntimeWarning, match='collapsing onto each other'):
+        for _ in range(20):
+            out = reg(feats, labels, cls)
+    assert out['anchor_max_cos'].item() == pytest.approx(1.0, abs=1e-6)
+    # Once only.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for _ in range(20):
+            reg(feats, labels, cls)
+
+
+def test_healthy_anchors_raise_no_warning():
+    import warnings
+    reg = SemanticAnchorRegularizer(C, D, anchor_init='etf',
+                                    collapse_patience=10)
+    feats, labels = torch.rand(2, D, 4, 4), torch.randint(0, C, (2, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        for _ in range(30):
+            out = reg(feats, labels, torch.nn.Linear(D, C))
+    assert out['anchor_max_cos'].item() < 0.99
+    # and the diagnostic is the largest off-diagonal cosine of E
+    e = torch.nn.functional.normalize(reg.embed_anchors().detach(), dim=1)
+    cos = e @ e.t()
+    want = cos[~torch.eye(C, dtype=torch.bool)].max()
+    assert out['anchor_max_cos'].item() == pytest.approx(want.item(),
+                                                         abs=1e-5)
