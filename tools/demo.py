@@ -2,8 +2,9 @@
 
 Writes the DigitScenes-LT data set once (tools/prepare_digitscenes.py's
 defaults: long-tailed training digits, balanced validation), trains the
-baseline and its SAR twin (same seed and schedule) with tools/train.py,
-evaluates both with tools/test.py (the commands a user runs), and prints
+baseline and its SAR twin (same seed and schedule) side by side with
+tools/train.py (one thread each on two cores; --jobs 1 for one after the
+other), evaluates both with tools/test.py (the commands a user runs), and prints
 mmseg's per-class IoU side by side with head and tail means, then a picture
 of validation scenes with tail digits. The last line is, for scripts,
 ``mIoU baseline B SAR S (gain +G)``. About ten minutes on two cores.
@@ -31,26 +32,80 @@ def run(*args):
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
 
 
-def train_and_test(config, work_dir, args):
-    """tools/train.py then tools/test.py; mmseg's evaluation dict and log."""
-    train = ['tools/train.py', config, '--work-dir', work_dir,
-             '--no-validate', '--deterministic']
+def start_training(config, work_dir, args, threads):
+    """tools/train.py in the background, its output in work_dir/train.out."""
+    cmd = ['tools/train.py', config, '--work-dir', work_dir, '--no-validate',
+           '--deterministic']
     if args.seed is not None:
-        train += ['--seed', str(args.seed)]
+        cmd += ['--seed', str(args.seed)]
     if args.iters is not None:
-        train += ['--cfg-options', f'runner.max_iters={args.iters}',
-                  f'checkpoint_config.interval={args.iters}']
+        cmd += ['--cfg-options', f'runner.max_iters={args.iters}',
+                f'checkpoint_config.interval={args.iters}']
+    os.makedirs(osp.join(ROOT, work_dir), exist_ok=True)
     for old in glob.glob(osp.join(ROOT, work_dir, '*.log.json')) + \
             glob.glob(osp.join(ROOT, work_dir, 'eval_*.json')):
         os.remove(old)
-    run(*train)
+    out = osp.join(work_dir, 'train.out')
+    print('+', ' '.join(cmd), '>', out, f'(OMP_NUM_THREADS={threads})',
+          flush=True)
+    with open(osp.join(ROOT, out), 'w') as f:
+        return subprocess.Popen(
+            [sys.executable, *cmd], cwd=ROOT, stdout=f,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+
+
+def logged_iter(work_dir):
+    """The last iteration mmseg's json log of ``work_dir`` has reached."""
+    from sar.report import read_train_log
+    logs = glob.glob(osp.join(ROOT, work_dir, '*.log.json'))
+    entries = read_train_log(logs[0]) if logs else []
+    return entries[-1]['iter'] if entries else 0
+
+
+def train_all(work_dirs, args, start):
+    """Train every config, ``args.jobs`` at a time, printing progress.
+
+    Two single-threaded trainings side by side use two cores better than
+    one two-threaded training after the other (small convolutions scale
+    poorly over threads), and do not collapse when other processes share
+    the cores.
+    """
+    from mmcv.utils import Config
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    pending = list(CONFIGS.items())
+    running = {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            method, config = pending.pop(0)
+            iters = args.iters or Config.fromfile(
+                osp.join(ROOT, config)).runner.max_iters
+            running[method] = (start_training(config, work_dirs[method],
+                                              args, threads), iters)
+        time.sleep(args.progress_every)
+        progress = ', '.join(
+            f'{m} {logged_iter(work_dirs[m])}/{iters}'
+            for m, (_, iters) in running.items())
+        print(f'[demo] {time.time() - start:.0f} s: training {progress} '
+              'iterations', flush=True)
+        for method, (proc, _) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[method]
+            if proc.returncode != 0:
+                out = osp.join(work_dirs[method], 'train.out')
+                with open(osp.join(ROOT, out)) as f:
+                    print(f.read()[-3000:])
+                sys.exit(f'[demo] {method} training failed, see {out}')
+
+
+def test(config, work_dir):
+    """tools/test.py on the trained model; mmseg's evaluation dict."""
     run('tools/test.py', config, osp.join(work_dir, 'latest.pth'), '--eval',
         'mIoU', '--work-dir', work_dir)
     (result, ) = glob.glob(osp.join(ROOT, work_dir, 'eval_*.json'))
     with open(result) as f:
-        metric = json.load(f)['metric']
-    (log, ) = glob.glob(osp.join(ROOT, work_dir, '*.log.json'))
-    return metric, log
+        return json.load(f)['metric']
 
 
 def tail_scenes(root, tail_ids, count):
@@ -102,6 +157,11 @@ def main():
                         help='training seed (default: the configs\')')
     parser.add_argument('--num-pictures', type=int, default=4,
                         help='val scenes with tail digits in the picture')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='trainings at a time, each with cores/jobs '
+                        'threads (1: one after the other)')
+    parser.add_argument('--progress-every', type=float, default=30,
+                        help='seconds between progress lines')
     args = parser.parse_args()
     start = time.time()
 
@@ -114,13 +174,15 @@ def main():
     print(f'[demo] train digits 0-9: {meta["train"]["instances"]} '
           f'instances; val: {meta["val"]["instances"]}', flush=True)
 
-    metrics, logs, work_dirs = {}, {}, {}
+    work_dirs = {m: osp.join(args.work_dir, m.lower()) for m in CONFIGS}
+    print(f'[demo] training {" and ".join(CONFIGS)}, {args.jobs} at a time; '
+          f'mmseg\'s logs in {args.work_dir}/*/', flush=True)
+    train_all(work_dirs, args, start)
+    metrics, logs = {}, {}
     for method, config in CONFIGS.items():
-        work_dirs[method] = osp.join(args.work_dir, method.lower())
-        print(f'[demo] {method}: train and test '
-              f'({time.time() - start:.0f} s so far)', flush=True)
-        metrics[method], logs[method] = train_and_test(
-            config, work_dirs[method], args)
+        metrics[method] = test(config, work_dirs[method])
+        (logs[method], ) = glob.glob(
+            osp.join(ROOT, work_dirs[method], '*.log.json'))
 
     head, tail = head_tail_classes(meta['train']['instances'])
     table, rows = comparison_table(metrics, DIGITSCENES_CLASSES, head, tail)
@@ -131,16 +193,18 @@ def main():
                         args.num_pictures)
     picture(names, work_dirs, osp.join(ROOT, out_file))
 
-    iters = args.iters or 'the configs\''
+    from mmcv.utils import Config
+    seed = args.seed if args.seed is not None else Config.fromfile(
+        osp.join(ROOT, CONFIGS['SAR'])).seed
     print(f'\nDigitScenes-LT val (balanced, {meta["val"]["num_scenes"]} '
-          f'scenes), IoU in %, mmseg\'s evaluation; {iters} iterations, '
-          'one seed; head/tail: the more/less frequent half of the digits '
+          f'scenes), IoU in %, from mmseg\'s evaluation; one seed ({seed}) '
+          'for both; head/tail: the more/less frequent half of the digits '
           'in training.')
     print(table)
     if gate['first_open_iter'] is None:
         print('SAR: the anchor gate never opened (no pull toward semantic '
               'anchors); see decode.sar.anchor_acc in '
-              f'{osp.relpath(logs["SAR"], ROOT)}')
+              f'{osp.join(work_dirs["SAR"], osp.basename(logs["SAR"]))}')
     else:
         print(f'SAR: anchor gate first open by iteration '
               f'{gate["first_open_iter"]} (logged every interval); last '
