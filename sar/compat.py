@@ -6,8 +6,13 @@ change it answers; each is idempotent and has a test that fails without it
 original code already works (CUDA device present, old torch).
 """
 import functools
+import os
+import os.path as osp
+import platform
 import re
+import shutil
 import warnings
+import zipfile
 
 import torch
 
@@ -186,10 +191,13 @@ def _patch_iter_runner():
 
     @functools.wraps(original_save)
     def save_checkpoint(self, out_dir, filename_tmpl='iter_{}.pth',
-                        meta=None, *args, **kwargs):
+                        meta=None, save_optimizer=True, create_symlink=True):
         meta = dict(meta or {}, iters_done=_iters_done(self))
-        return original_save(self, out_dir, filename_tmpl, meta, *args,
-                             **kwargs)
+        # latest.pth by a rename (shim 6), not mmcv's remove + symlink.
+        original_save(self, out_dir, filename_tmpl, meta, save_optimizer,
+                      create_symlink=False)
+        if create_symlink:
+            _link_latest(out_dir, filename_tmpl.format(self.iter + 1))
 
     @functools.wraps(original_resume)
     def resume(self, checkpoint, resume_optimizer=True,
@@ -218,6 +226,100 @@ def _patch_iter_runner():
     IterBasedRunner.resume = resume
 
 
+# --------------------------------------------------------------------------
+# Shim 6: checkpoint files that a kill cannot corrupt (mmcv 1.x, every torch).
+# (a) mmcv writes a checkpoint in place (open(path, 'wb')) and replaces
+#     latest.pth by remove + symlink: a job killed while saving leaves a
+#     truncated iter_N.pth, or no latest.pth, which --auto-resume then
+#     trips over. Local files are now written to a temporary name in the
+#     same folder and renamed (atomic on POSIX), and latest.pth is replaced
+#     by a rename too.
+# (b) torch.load on a truncated file raises a miniz error, an OSError or a
+#     bare EOFError; loading now says which file, that nothing was loaded,
+#     and what to do.
+def _is_local(path):
+    return '://' not in str(path)
+
+
+def _replace_atomically(path, write):
+    """``write(tmp)`` then rename ``tmp`` to ``path``; no partial ``path``."""
+    folder, name = osp.split(osp.abspath(path))
+    tmp = osp.join(folder, f'.{name}.tmp-{os.getpid()}')
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.lexists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_save_checkpoint(original):
+    @functools.wraps(original)
+    def save_checkpoint(model, filename, *args, **kwargs):
+        if not _is_local(filename):
+            return original(model, filename, *args, **kwargs)
+        _replace_atomically(
+            filename, lambda tmp: original(model, tmp, *args, **kwargs))
+
+    save_checkpoint._sar_patched = True
+    return save_checkpoint
+
+
+def _link_latest(out_dir, filename):
+    """Point ``out_dir/latest.pth`` at ``filename`` by one rename."""
+    latest = osp.join(out_dir, 'latest.pth')
+    if platform.system() == 'Windows':
+        _replace_atomically(latest, lambda tmp: shutil.copy(
+            osp.join(out_dir, filename), tmp))
+    else:
+        _replace_atomically(latest, lambda tmp: os.symlink(filename, tmp))
+
+
+def _whole_zip(filename):
+    """Whether a file is a complete zip archive (torch's format since 1.6);
+    truncation cuts off the central directory at its end."""
+    try:
+        with zipfile.ZipFile(filename) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+def _readable_checkpoint(original):
+    @functools.wraps(original)
+    def load_from_local(filename, map_location=None):
+        try:
+            return original(filename, map_location)
+        except (EOFError, RuntimeError, OSError) as err:
+            if isinstance(err, (FileNotFoundError, PermissionError)) or \
+                    _whole_zip(filename):
+                raise
+            raise RuntimeError(
+                f'{filename} is not a complete checkpoint (truncated or '
+                f'corrupt: {str(err)[:120] or type(err).__name__}); nothing '
+                'was loaded. Resume from an earlier one (--resume-from '
+                'WORK_DIR/iter_N.pth) or delete it so that --auto-resume '
+                'takes the previous checkpoint.') from err
+
+    load_from_local._sar_patched = True
+    return load_from_local
+
+
+def _patch_checkpoint_files():
+    import mmcv.runner
+    from mmcv.runner import checkpoint, epoch_based_runner, iter_based_runner
+    for module in (checkpoint, iter_based_runner, epoch_based_runner,
+                   mmcv.runner):
+        if not getattr(module.save_checkpoint, '_sar_patched', False):
+            module.save_checkpoint = _atomic_save_checkpoint(
+                module.save_checkpoint)
+    loader = checkpoint.CheckpointLoader
+    local = loader._schemes['']
+    if not getattr(local, '_sar_patched', False):
+        loader.register_scheme(prefixes='', force=True)(
+            _readable_checkpoint(local))
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
@@ -225,4 +327,5 @@ def apply():
     allow_numpy_in_checkpoints()
     _patch_ddp_forward()
     _patch_iter_runner()
+    _patch_checkpoint_files()
 

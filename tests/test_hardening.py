@@ -242,3 +242,53 @@ def test_healthy_anchors_raise_no_warning():
     want = cos[~torch.eye(C, dtype=torch.bool)].max()
     assert out['anchor_max_cos'].item() == pytest.approx(want.item(),
                                                          abs=1e-5)
+
+
+# --- checkpoint files --------------------------------------------------------
+
+@pytest.mark.parametrize('keep', [0.5, 0.0])
+def test_truncated_checkpoint_is_refused_and_changes_nothing(tmp_path, keep):
+    from mmcv.runner import load_checkpoint, save_checkpoint
+    head = sar_head()
+    path = str(tmp_path / 'iter_9.pth')
+    save_checkpoint(head, path)
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:int(len(data) * keep)])
+    torch.manual_seed(1)
+    other = sar_head()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(RuntimeError, match='iter_9.pth is not a complete '
+                       'checkpoint.*nothing was loaded.*--resume-from'):
+        load_checkpoint(other, path, map_location='cpu')
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
+    from mmcv.fileio.file_client import HardDiskBackend
+    from mmcv.runner import save_checkpoint
+    from mmcv.runner import load_checkpoint
+    head = sar_head()
+    path = str(tmp_path / 'latest_good.pth')
+    save_checkpoint(head, path)
+    with open(path, 'rb') as f:
+        good = f.read()
+
+    def put_half_then_fail(backend, obj, filepath):
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+        raise KeyboardInterrupt  # as a kill would stop the write
+
+    monkeypatch.setattr(HardDiskBackend, 'put', put_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(head, path)
+    with open(path, 'rb') as f:
+        assert f.read() == good  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['latest_good.pth']
+    monkeypatch.undo()
+    load_checkpoint(sar_head(), path, map_location='cpu', strict=True)

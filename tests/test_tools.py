@@ -188,6 +188,36 @@ def test_resume_equals_straight_run(tmp_path):
             if 'loss' in k or k.startswith('decode.sar'):
                 assert v == eb[k], (ea['iter'], k)
 
+    # Killed with SIGKILL, after iteration n+2 or while writing the
+    # checkpoint of iteration 2n; --auto-resume then finishes the run from
+    # the last complete checkpoint, and ends where the straight run ended.
+    for name, kill in (('killed', f'at_iter={n + 2}'),
+                       ('killed_saving', f'at_iter={2 * n}, '
+                        'during_save=True')):
+        cfg = tmp_path / f'{name}.py'
+        cfg.write_text(f"""_base_ = r'{straight_cfg}'
+custom_imports = dict(imports=['sar', 'sar_fault'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='SARKillHook', {kill}, priority='LOWEST')]
+""")
+        work = str(tmp_path / name)
+        args = [PY, 'tools/train.py', str(cfg), '--work-dir', work, '--seed',
+                '0', '--deterministic', '--cfg-options',
+                f'checkpoint_config.interval={n}']
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=PLUGINS,
+                                       OMP_NUM_THREADS='1'), timeout=600)
+        assert proc.returncode == -9, proc.stderr[-3000:]
+        # A kill while saving leaves no partial file under a final name.
+        assert not osp.exists(osp.join(work, f'iter_{2 * n}.pth'))
+        assert os.readlink(osp.join(work, 'latest.pth')) == f'iter_{n}.pth'
+        out = run(args + ['--auto-resume'])
+        assert f'resumed after {n} iterations done' in out
+        c = torch.load(osp.join(work, f'iter_{2 * n}.pth'),
+                       weights_only=False)
+        for key, value in a['state_dict'].items():
+            assert torch.equal(value, c['state_dict'][key]), (name, key)
+
 
 def test_export_plain_gives_identical_logits(tmp_path, shapes_root):
     cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
