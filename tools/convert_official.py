@@ -6,6 +6,7 @@ The result loads into the matching config of configs/sar/ (e.g. the
 HRNetV2-W48 FCN ones). See sar.export.official_to_sar_state_dict for the
 key mapping; unknown keys stop the conversion with their names.
 """
+import _venv  # noqa: F401  (first: re-runs under .venv if needed)
 import argparse
 import importlib.util
 import os.path as osp

@@ -11,8 +11,16 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PYTHON=${PYTHON:-python}
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
+# PYTHON picks the interpreter; by default `python`, or the project's .venv
+# (made by `make install`) when `python` has no torch, as in a new shell.
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1 \
+            && [ -x "$TOOLS/../.venv/bin/python" ]; then
+        PYTHON="$TOOLS/../.venv/bin/python"
+    fi
+fi
 
 PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
 exec "$PYTHON" -m torch.distributed.run \

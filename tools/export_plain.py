@@ -7,6 +7,7 @@ parameters move up one level, so the result loads into the baseline twin
 config with stock mmseg and no plugin, and gives the same logits. The
 optimizer state is dropped (a deployment checkpoint); ``meta`` is kept.
 """
+import _venv  # noqa: F401  (first: re-runs under .venv if needed)
 import argparse
 import importlib.util
 import os.path as osp

@@ -11,8 +11,16 @@ GPUS=${GPUS:-4}
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
-PYTHON=${PYTHON:-python}
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
+# PYTHON picks the interpreter; by default `python`, or the project's .venv
+# (made by `make install`) when `python` has no torch, as in a new shell.
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python
+    if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1 \
+            && [ -x "$TOOLS/../.venv/bin/python" ]; then
+        PYTHON="$TOOLS/../.venv/bin/python"
+    fi
+fi
 
 PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
 srun -p "$PARTITION" \

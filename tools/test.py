@@ -3,6 +3,7 @@
 Takes SAR checkpoints and plain ones. Runs on GPUs as mmseg does, on CPU in
 one process, and on CPU in N gloo processes via ``tools/dist_test.sh``.
 """
+import _venv  # noqa: F401  (first: re-runs under .venv if needed)
 import argparse
 import os
 import os.path as osp
