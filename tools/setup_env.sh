@@ -52,12 +52,32 @@ if ! has -c 'import torch, torchvision'; then
     "${PIP[@]}" install $TORCH_SPEC
 fi
 
-# 2. Build tools. mmcv-full 1.7.2's setup.py imports pkg_resources, which
-#    setuptools 70 dropped from the default install.
-if ! has -c 'import pkg_resources, wheel, ninja, setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) >= 70)'; then
-    log "installing build tools"
-    "${PIP[@]}" install 'setuptools<70' wheel ninja
+# 2. The runtime venv keeps the setuptools its packages ask for (torch 2.14
+#    requires >= 77). An environment made by an older version of this script
+#    holds the build tools' setuptools<70: put it right.
+CONFLICTS="$("$PY" -m pip check 2>&1 || true)"
+if grep -q 'requirement setuptools' <<<"$CONFLICTS"; then
+    log "upgrading setuptools in $VENV to what its packages require"
+    "${PIP[@]}" install --upgrade setuptools
 fi
+
+# The build tools live in a throwaway venv of their own: mmcv-full 1.7.2's
+# setup.py imports pkg_resources (setuptools<70), which torch forbids in the
+# runtime venv, and pip's resolver would print an ERROR there about it. The
+# build venv sees the runtime venv's torch through a .pth file, after its
+# own site-packages, so its setuptools<70 wins there and only there.
+make_build_venv() {
+    local dir="$1"
+    local base
+    base="$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+    "$base" -m venv "$dir"
+    "$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+        > "$dir/.purelib"
+    "$PY" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
+        > "$(cat "$dir/.purelib")/sar_runtime.pth"
+    "$dir/bin/python" -m pip --disable-pip-version-check -q install \
+        --no-warn-conflicts 'setuptools<70' wheel ninja
+}
 
 # 3. mmcv-full with compiled ops, from the wheel cache or built from its sdist.
 mmcv_ok() {
@@ -80,10 +100,12 @@ print("py%d%d-torch%s-%s" % (sys.version_info[0], sys.version_info[1], torch.__v
     if [ -z "$WHL" ]; then
         log "building mmcv-full $MMCV_VERSION for $TAG (several minutes, cached afterwards)"
         BUILD="$(mktemp -d)"
+        make_build_venv "$BUILD/venv"
+        BPIP=("$BUILD/venv/bin/python" -m pip --disable-pip-version-check -q)
         SDIST="$(ls "$WHEEL_CACHE"/sdist/mmcv-full-"$MMCV_VERSION".tar.gz 2>/dev/null || true)"
         if [ -z "$SDIST" ]; then
             mkdir -p "$WHEEL_CACHE/sdist"
-            "${PIP[@]}" download --no-deps --no-build-isolation --no-binary :all: \
+            "${BPIP[@]}" download --no-deps --no-build-isolation --no-binary :all: \
                 -d "$WHEEL_CACHE/sdist" "mmcv-full==$MMCV_VERSION"
             SDIST="$WHEEL_CACHE/sdist/mmcv-full-$MMCV_VERSION.tar.gz"
         fi
@@ -93,7 +115,7 @@ print("py%d%d-torch%s-%s" % (sys.version_info[0], sys.version_info[1], torch.__v
         # (for the host compiler and for nvcc alike).
         sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
         grep -q -- '-std=c++20' "$SRC/setup.py"
-        "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/dist" "$SRC"
+        "${BPIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/dist" "$SRC"
         mkdir -p "$CACHED"
         cp "$BUILD"/dist/mmcv_full-*.whl "$CACHED/"
         rm -rf "$BUILD"
@@ -107,7 +129,7 @@ fi
 
 # 4. mmsegmentation, this package and the test tools.
 if ! has -c "import mmseg, sys; sys.exit(mmseg.__version__ != '$MMSEG_VERSION')" \
-   || ! has -c 'import sar, pytest'; then
+   || ! has -c 'import sar, pytest, sklearn, matplotlib'; then
     log "installing mmsegmentation $MMSEG_VERSION, sar (editable) and test requirements"
     "${PIP[@]}" install -c "$ROOT/requirements/constraints.txt" \
         "mmsegmentation==$MMSEG_VERSION" -r "$ROOT/requirements/tests.txt"
