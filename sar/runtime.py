@@ -96,3 +96,33 @@ def load_config(args):
     if cfg.get('cudnn_benchmark', False):
         torch.backends.cudnn.benchmark = True
     return cfg
+
+
+def accept_sar_checkpoints(model):
+    """Let a model without SAR load SAR checkpoints fully.
+
+    A SAR checkpoint keeps the decode head under ``decode_head.head.``;
+    mmcv loads non-strictly and would leave a plain model's head random with
+    only a warning (``tools/test.py`` with a baseline config, ``load_from``
+    in one). For a model without SARHead, such a state dict is mapped to
+    the plain layout (:func:`sar.export.sar_to_plain_state_dict`) as it is
+    loaded. A model with SARHead takes both layouts already (SARHead's own
+    load hook). Returns the model.
+    """
+    from .export import is_sar_state_dict, sar_to_plain_state_dict
+    from .models import SARHead
+    if any(isinstance(m, SARHead) for m in model.modules()):
+        return model
+
+    def to_plain(state_dict, prefix, *args):
+        if prefix or not is_sar_state_dict(state_dict):
+            return
+        plain = sar_to_plain_state_dict(state_dict)
+        state_dict.clear()
+        state_dict.update(plain)
+        warnings.warn('loading a SAR checkpoint into a model without SAR: '
+                      'the anchor branch is dropped, the decode head taken '
+                      '(as tools/export_plain.py does)')
+
+    model._register_load_state_dict_pre_hook(to_plain)
+    return model

@@ -413,3 +413,24 @@ def test_prototype_ablation_is_a_config_switch():
     assert losses['embedded']['loss_sar_anchor_ce'].item() > 0
     assert not hasattr(head.sar_loss.projector, 'fc1')
     assert head.sar_loss.class_seen.all()  # every class was in the batch
+
+
+def test_sar_checkpoint_loads_into_a_plain_model_through_the_tools_hook(
+        tmp_path):
+    from mmcv.runner import load_checkpoint, save_checkpoint
+    from sar.runtime import accept_sar_checkpoints
+    _, sar_model = build_pair()
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(sar_model, path)
+    torch.manual_seed(11)
+    plain = accept_sar_checkpoints(revert_sync_batchnorm(build_segmentor(
+        Config.fromfile(DEMO_BASELINE).model)))
+    with pytest.warns(UserWarning, match='anchor branch is dropped'):
+        load_checkpoint(plain, path, map_location='cpu', strict=True)
+    img, metas, _ = tiny_batch(B=1, size=40)
+    with torch.no_grad():
+        assert torch.equal(plain.eval().encode_decode(img, metas),
+                           sar_model.eval().encode_decode(img, metas))
+    # a SAR model is left as it is (its head's own hook serves it)
+    assert accept_sar_checkpoints(sar_model) is sar_model
+    assert not sar_model._load_state_dict_pre_hooks

@@ -248,14 +248,16 @@ def test_export_plain_gives_identical_logits(tmp_path, shapes_root):
     base_cfg = write_config(tmp_path / 'plain.py', DEMO_BASELINE,
                             shapes_root, iters=2)
     metrics = []
+    # c: the baseline config given the SAR checkpoint itself (mapped on load)
     for config, ckpt, name in ((cfg, sar_ckpt, 'a'),
-                               (base_cfg, plain_ckpt, 'b')):
+                               (base_cfg, plain_ckpt, 'b'),
+                               (base_cfg, sar_ckpt, 'c')):
         run([PY, 'tools/test.py', config, ckpt, '--eval', 'mIoU',
              '--work-dir', str(tmp_path / name)])
         (f, ) = glob.glob(str(tmp_path / name / 'eval_*.json'))
         with open(f) as fh:
             metrics.append(json.load(fh)['metric'])
-    assert metrics[0] == metrics[1]
+    assert metrics[0] == metrics[1] == metrics[2]
 
 
 def test_slurm_scripts_pass_arguments_through(tmp_path):

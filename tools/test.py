@@ -20,7 +20,8 @@ from mmcv.runner import (get_dist_info, init_dist, load_checkpoint,
 from mmcv.utils import DictAction
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.runtime import add_common_args, load_config, parse_common_args
+from sar.runtime import (accept_sar_checkpoints, add_common_args,
+                         load_config, parse_common_args)
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
@@ -152,7 +153,8 @@ def main():
     data_loader = build_dataloader(dataset, **loader_cfg)
 
     cfg.model.train_cfg = None
-    model = build_segmentor(cfg.model, test_cfg=cfg.get('test_cfg'))
+    model = accept_sar_checkpoints(
+        build_segmentor(cfg.model, test_cfg=cfg.get('test_cfg')))
     if cfg.get('fp16', None) is not None:
         wrap_fp16_model(model)
     checkpoint = load_checkpoint(model, args.checkpoint, map_location='cpu')

@@ -15,7 +15,8 @@ from mmcv.runner import get_dist_info, init_dist
 from mmcv.utils import get_git_hash
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.runtime import add_common_args, load_config, parse_common_args
+from sar.runtime import (accept_sar_checkpoints, add_common_args,
+                         load_config, parse_common_args)
 
 
 def parse_args():
@@ -103,9 +104,9 @@ def main():
     meta = dict(env_info=env_info, seed=seed,
                 exp_name=osp.basename(args.config))
 
-    model = build_segmentor(
+    model = accept_sar_checkpoints(build_segmentor(
         cfg.model, train_cfg=cfg.get('train_cfg'),
-        test_cfg=cfg.get('test_cfg'))
+        test_cfg=cfg.get('test_cfg')))
     model.init_weights()
     if not distributed:
         # SyncBN needs a process group: plain BN in a single process.
