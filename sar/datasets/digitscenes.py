@@ -33,6 +33,9 @@ import numpy as np
 from PIL import Image
 
 NUM_DIGITS = 10
+# Bumped whenever the same arguments would draw different scenes, so that
+# make_digitscenes rewrites data written by an older version.
+FORMAT_VERSION = 2
 DIGITSCENES_CLASSES = ('background', ) + tuple(str(d) for d in range(10))
 DIGITSCENES_PALETTE = [[0, 0, 0], [31, 119, 180], [255, 127, 14],
                        [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -142,14 +145,16 @@ def _segment_distance(point, a, b):
     return float(np.linalg.norm(point - (a + t * ab)))
 
 
-def render_scene(rng, size, glyphs, min_scale=16, max_scale=26,
-                 min_contrast=90.0, noise=6.0):
+def render_scene(rng, size, glyphs, min_scale=18, max_scale=28,
+                 min_contrast=120.0, texture_contrast=40.0, noise=6.0):
     """One scene: textured background, glyphs pasted at random places.
 
-    The background blends two colours drawn uniformly from RGB through a
-    :func:`texture`; every digit's colour is drawn from the same range and
-    redrawn until it is ``min_contrast`` away (RGB distance) from every
-    blend of the two background colours. A glyph is resized to a random
+    The background blends, through a :func:`texture`, a colour drawn
+    uniformly from RGB with a second one near it (per-channel Gaussian
+    offset of std ``texture_contrast``); every digit's colour is drawn
+    uniformly from RGB too and redrawn until it is ``min_contrast`` away
+    (RGB distance) from every blend of the two background colours. Any
+    colour can be background in one scene and digit in another. A glyph is resized to a random
     height in [min_scale, max_scale] pixels (width 0.8-1.1 times that) and
     placed without overlapping earlier digits where 100 tries allow (later
     digits cover earlier ones otherwise). A pixel belongs to a digit where
@@ -162,13 +167,17 @@ def render_scene(rng, size, glyphs, min_scale=16, max_scale=26,
         glyphs (list): (digit, ink) pairs; ink (8, 8) float in [0, 1].
         min_scale, max_scale (int): glyph height range in pixels.
         min_contrast (float): RGB distance, in 0-255 units.
+        texture_contrast (float): spread of the background's second colour
+            around its first, 0-255 units.
         noise (float): std of the Gaussian pixel noise, 0-255 units.
 
     Shape:
         returns img (S, S, 3) uint8 RGB and label (S, S) uint8 in
         [0, K] (0 background, digit d is d + 1).
     """
-    colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    first = rng.uniform(0, 255, 3)
+    second = np.clip(first + rng.normal(0, texture_contrast, 3), 0, 255)
+    colours = np.stack([first, second]).astype(np.float32)
     t = texture(rng, size)[..., None]
     img = colours[0] * (1 - t) + colours[1] * t
     label = np.zeros((size, size), np.uint8)
@@ -250,7 +259,7 @@ def make_digitscenes(root, num_train=2000, num_val=200, size=64,
         per class (background first) and ``glyph_indices`` (indices into
         ``load_digits()`` that the split used).
     """
-    args = dict(num_train=num_train, num_val=num_val, size=size,
+    args = dict(format_version=FORMAT_VERSION, num_train=num_train, num_val=num_val, size=size,
                 digits_per_scene=digits_per_scene,
                 imbalance_ratio=float(imbalance_ratio),
                 val_per_class=val_per_class, seed=seed)
