@@ -13,7 +13,9 @@ baseline's state dict loaded into the SAR model, whose head sits under
   (weights, gradients, optimizer state and activations). On the CPU, the
   growth of the process's peak RSS (``ru_maxrss``) over the training steps
   beyond its value after building the model: gradients, optimizer state,
-  activations and allocator slack, not the weights nor the libraries.
+  activations and allocator slack, not the weights nor the libraries. The
+  children run with a fixed glibc mmap threshold, so that freed tensors
+  leave RSS and repeated runs agree to a fraction of a percent.
 - **inference time**: test-mode ``simple_test`` (the config's test_cfg),
   which for SAR must be the wrapped head alone; checked by equal logits of
   ``encode_decode`` before training.
@@ -69,6 +71,8 @@ VARIANTS = ('baseline', 'sar_gate_closed', 'sar_pull_active')
 SAR_VARIANTS = VARIANTS[1:]
 TARGETS = OrderedDict(step_time_ratio=1.02, peak_memory_ratio=1.03,
                       inference_time_ratio=1.00)
+# Bytes; glibc's initial value, kept fixed for the CPU memory children.
+MMAP_THRESHOLD = 128 * 1024
 # The inference path of SAR is the baseline's; a measured ratio this close
 # to 1.00 counts as equal (timing noise).
 INFERENCE_TOLERANCE = 0.01
@@ -288,13 +292,20 @@ def measure_memory(args):
                  str(args.batch), '--seed', str(args.seed), '--memory-steps',
                  str(args.memory_steps), '--threads',
                  str(args.threads or torch.get_num_threads())]
+    env = dict(os.environ)
+    if args.device == 'cpu':
+        # A fixed glibc mmap threshold: large tensors get their own mappings
+        # and leave RSS when freed. With the default, adaptive threshold the
+        # heap keeps freed blocks and the peak RSS of identical runs varies
+        # by several percent, more than SAR's share.
+        env.setdefault('MALLOC_MMAP_THRESHOLD_', str(MMAP_THRESHOLD))
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             out = osp.join(tmp, f'{variant}.json')
             subprocess.run([sys.executable, osp.abspath(__file__), '--child',
                             variant, '--child-out', out] + forwarded,
-                           check=True)
+                           env=env, check=True)
             with open(out) as f:
                 peaks[variant] = json.load(f)['bytes']
     return peaks
@@ -306,9 +317,10 @@ def memory_description(device):
                 'child process per model: weights, gradients, optimizer '
                 'state and activations')
     return ('growth of peak RSS (ru_maxrss) over the train steps beyond its '
-            'value after building the model, one child process per model: '
-            'gradients, optimizer state, activations and allocator slack; '
-            'weights and libraries excluded')
+            'value after building the model, one child process per model '
+            f'(glibc MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}): gradients, '
+            'optimizer state, activations and allocator slack; weights and '
+            'libraries excluded')
 
 
 def run(args):
