@@ -73,10 +73,13 @@ def comparison_figure(images, gts, predictions, palette, class_names=None,
                 ax.set_title(columns[j], fontsize=9)
             if j == 0 and row_titles is not None:
                 ax.set_ylabel(row_titles[i], fontsize=8)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.06, right=0.98, wspace=0.05, hspace=0.08,
+                        top=1 - 0.3 / height,
+                        bottom=(legend_inches + 0.05) / height)
     if class_names:
         handles = [Patch(color=np.asarray(palette[k]) / 255, label=name)
                    for k, name in enumerate(class_names)]
         fig.legend(handles=handles, loc='lower center',
                    ncol=min(len(handles), 6), fontsize=7, frameon=False)
-        fig.subplots_adjust(bottom=legend_inches / fig.get_figheight())
     return fig
