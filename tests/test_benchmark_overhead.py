@@ -15,7 +15,8 @@ from test_tools import PY, run
 
 VARIANTS = ['baseline', 'sar_gate_closed', 'sar_pull_active']
 SAR_VARIANTS = VARIANTS[1:]
-RATIO_KEYS = ['step_time_ratio', 'peak_memory_ratio', 'inference_time_ratio']
+RATIO_KEYS = ['step_time_ratio', 'peak_memory_ratio', 'inference_time_ratio',
+              'step_cpu_time_ratio', 'inference_cpu_time_ratio']
 
 
 def load_tool():
@@ -98,7 +99,8 @@ def test_smoke_run_end_to_end(tmp_path):
         'baseline', 'sar', 'device', 'device_name', 'threads', 'batch',
         'size', 'steps', 'warmup', 'memory_steps', 'num_classes', 'channels',
         'memory_measure', 'targets', 'ratios', 'step_time_s',
-        'inference_time_s', 'peak_memory_bytes', 'checks', 'noise'
+        'inference_time_s', 'step_cpu_time_s', 'inference_cpu_time_s',
+        'peak_memory_bytes', 'checks', 'noise'
     ]
     assert (res['baseline'], res['sar']) == tool_smoke_pair()
     assert (res['device'], res['size'], res['batch'], res['steps'],
@@ -113,7 +115,8 @@ def test_smoke_run_end_to_end(tmp_path):
         assert list(res['ratios'][variant]) == RATIO_KEYS
         assert all(isinstance(v, float) and v > 0
                    for v in res['ratios'][variant].values())
-    for key in ('step_time_s', 'inference_time_s'):
+    for key in ('step_time_s', 'inference_time_s', 'step_cpu_time_s',
+                'inference_cpu_time_s'):
         assert list(res[key]) == VARIANTS
         assert all(len(v) == 2 and min(v) > 0 for v in res[key].values())
     assert list(res['peak_memory_bytes']) == VARIANTS
@@ -125,7 +128,8 @@ def test_smoke_run_end_to_end(tmp_path):
         assert checks['pull_loss_last']['sar_gate_closed'] == 0
     assert set(res['noise']) == {'baseline_step_spread',
                                  'baseline_inference_spread'}
-    for title in ('train step time', 'peak memory', 'inference time'):
+    for title in ('train step time', 'peak memory', 'inference time',
+                  'train step CPU time', 'inference CPU time'):
         (line, ) = [x for x in out.splitlines() if x.startswith(title)]
         assert ('<= 1.0' in line or '1.00 (' in line), line
     assert f'{res["ratios"]["sar_pull_active"]["step_time_ratio"]:.3f}' in out
