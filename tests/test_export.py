@@ -267,6 +267,7 @@ if mode == 'hide':
             if name.split('.')[0] in ('mmseg', 'mmcv'):
                 raise ImportError('hidden: ' + name)
     sys.meta_path.insert(0, Hide())
+sys.path.insert(0, __import__('os').path.dirname(sys.argv[0]))  # as python X
 try:
     runpy.run_path(sys.argv[0], run_name='__main__')
 finally:

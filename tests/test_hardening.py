@@ -10,29 +10,9 @@ from mmseg.models import build_head
 from sar.core import SemanticAnchorRegularizer
 from sar.runtime import check_custom_imports
 
-C, D = 3, 8
+from test_sar_head import fcn_cfg, inputs, sar_head
 
-
-def fcn_cfg(**kwargs):
-    cfg = dict(type='FCNHead', in_channels=6, channels=D, num_convs=1,
-               num_classes=C, dropout_ratio=0.0, norm_cfg=dict(type='BN'))
-    cfg.update(kwargs)
-    return cfg
-
-
-def sar_head(head=None, **sar_loss):
-    torch.manual_seed(0)
-    return build_head(dict(type='SARHead', head=head or fcn_cfg(),
-                           sar_loss=dict(type='SemanticAnchorLoss',
-                                         **sar_loss)))
-
-
-def inputs(B=2, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = [torch.randn(B, 6, size, size, generator=g)]
-    gt = torch.randint(0, C, (B, 1, size * 4, size * 4), generator=g)
-    gt[0, :, :4] = 255
-    return x, gt
+C, D = 3, 8  # the classes and channels of test_sar_head's FCN head
 
 
 # (setting, value, what the message must say)

@@ -6,6 +6,7 @@ first by every tool: if torch is missing here and ``.venv`` exists, the
 tool starts again under ``.venv/bin/python`` with the same arguments;
 without ``.venv`` it says how to get one.
 """
+import importlib.util
 import os
 import os.path as osp
 import sys
@@ -28,6 +29,20 @@ def use_project_venv():
     sys.exit(f'{sys.executable} has no torch, and {VENV_PYTHON} does not '
              'exist: run `make install` in the project first (or install '
              'torch, mmcv-full and mmsegmentation into this Python).')
+
+
+def import_sar_torch_only():
+    """Make ``sar``'s torch-only modules importable without ``sar/__init__``.
+
+    That file checks and patches mmseg/mmcv whenever mmseg is importable
+    (an mmseg 1.x install makes it raise). The checkpoint tools move
+    tensors only and must run with torch alone, so they import ``sar.export``
+    from a package whose ``__init__`` is not executed.
+    """
+    spec = importlib.util.spec_from_file_location(
+        'sar', osp.join(ROOT, 'sar', '__init__.py'),
+        submodule_search_locations=[osp.join(ROOT, 'sar')])
+    sys.modules['sar'] = importlib.util.module_from_spec(spec)
 
 
 use_project_venv()

@@ -7,31 +7,13 @@ parameters move up one level, so the result loads into the baseline twin
 config with stock mmseg and no plugin, and gives the same logits. The
 optimizer state is dropped (a deployment checkpoint); ``meta`` is kept.
 """
-import _venv  # noqa: F401  (first: re-runs under .venv if needed)
+import _venv  # first: re-runs under .venv if needed
 import argparse
-import importlib.util
 import os.path as osp
 import pickle
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def _register_sar_package():
-    """Make ``sar`` importable without running ``sar/__init__.py``.
-
-    That file checks and patches mmseg/mmcv whenever mmseg is importable
-    (an mmseg 1.x install makes it raise). This tool moves tensors only and
-    must run with torch alone, so it imports ``sar``'s torch-only modules
-    under a package whose __init__ is not executed.
-    """
-    spec = importlib.util.spec_from_file_location(
-        'sar', osp.join(ROOT, 'sar', '__init__.py'),
-        submodule_search_locations=[osp.join(ROOT, 'sar')])
-    sys.modules['sar'] = importlib.util.module_from_spec(spec)
-
-
-_register_sar_package()
+_venv.import_sar_torch_only()
 from sar.export import (  # noqa: E402
     sar_to_plain_state_dict, read_checkpoint, save_new_checkpoint)
 
