@@ -196,7 +196,8 @@ class SemanticAnchorRegularizer(nn.Module):
             feats (B, D, h, w), labels (B, 1, H, W) or (B, H, W) long.
 
         Returns:
-            dict: ``pull`` and ``anchor_ce`` (weighted losses, every call),
+            dict: ``pull`` and ``anchor_ce`` (weighted losses, every call;
+            ``pull`` is a constant zero, not computed, while not pulling),
             ``anchor_acc``, ``gate_open``, ``iters_since_init``,
             ``anchor_max_cos``, ``nonfinite`` (diagnostics, no gradient).
 
@@ -241,12 +242,17 @@ class SemanticAnchorRegularizer(nn.Module):
             targets = torch.arange(self.num_classes, device=logits.device)
             acc = (logits.argmax(dim=1) == targets).float().mean()
             max_cos = max_pairwise_cosine(embedded)
-        pull = pull_loss(feats, labels_small, self.semantic_anchors,
-                         self.ignore_index, self.distance)
+        if bool(pulling):  # one host read; a closed gate costs no pull
+            pull = pull_loss(feats, labels_small, self.semantic_anchors,
+                             self.ignore_index, self.distance)
+        else:
+            pull = torch.zeros((), device=feats.device,
+                               dtype=torch.promote_types(feats.dtype,
+                                                         torch.float32))
         # No labelled pixel: no SAR loss at all (a zero with a graph).
         ce_loss = ce_loss * labelled.to(ce_loss.dtype)
         return dict(
-            pull=self.pull_weight * pull * pulling.to(pull.dtype),
+            pull=self.pull_weight * pull,
             anchor_ce=self.anchor_ce_weight * ce_loss,
             anchor_acc=acc,
             gate_open=gate.float(),
