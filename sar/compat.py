@@ -6,6 +6,7 @@ change it answers; each is idempotent and has a test that fails without it
 original code already works (CUDA device present, old torch).
 """
 import functools
+import inspect
 import os
 import os.path as osp
 import platform
@@ -242,21 +243,40 @@ def _is_local(path):
 
 
 def _replace_atomically(path, write):
-    """``write(tmp)`` then rename ``tmp`` to ``path``; no partial ``path``."""
+    """``write(tmp)`` then rename ``tmp`` to ``path``; no partial ``path``.
+
+    The temporary name is fixed per target, so a write killed half-way is
+    overwritten by the next save of that file rather than piling up. The
+    data and the rename are flushed to disk, for node crashes too.
+    """
     folder, name = osp.split(osp.abspath(path))
-    tmp = osp.join(folder, f'.{name}.tmp-{os.getpid()}')
+    tmp = osp.join(folder, f'.{name}.tmp')
+    if osp.lexists(tmp):
+        os.remove(tmp)
     try:
         write(tmp)
+        if not osp.islink(tmp):
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         if osp.lexists(tmp):
             os.remove(tmp)
 
 
 def _atomic_save_checkpoint(original):
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
     def save_checkpoint(model, filename, *args, **kwargs):
-        if not _is_local(filename):
+        backend = signature.bind(model, filename, *args, **kwargs).arguments
+        if not _is_local(filename) or backend.get('file_client_args'):
+            # Another storage backend: mmcv's own write, as it is.
             return original(model, filename, *args, **kwargs)
         _replace_atomically(
             filename, lambda tmp: original(model, tmp, *args, **kwargs))
@@ -275,13 +295,25 @@ def _link_latest(out_dir, filename):
         _replace_atomically(latest, lambda tmp: os.symlink(filename, tmp))
 
 
-def _whole_zip(filename):
-    """Whether a file is a complete zip archive (torch's format since 1.6);
-    truncation cuts off the central directory at its end."""
+def _truncated(filename, err):
+    """Positive evidence that a checkpoint file is cut short or corrupt.
+
+    torch's files are zip archives (since torch 1.6): one that starts like a
+    zip but whose directory cannot be read was cut short. An empty file
+    gives EOFError. Any other failure (a CUDA map_location on a CPU
+    machine, a legacy-format file) is not called a truncation.
+    """
+    if isinstance(err, EOFError):
+        return True
     try:
+        with open(filename, 'rb') as f:
+            if f.read(4) != b'PK\x03\x04':
+                return False
         with zipfile.ZipFile(filename) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError):
+            return archive.testzip() is not None
+    except (zipfile.BadZipFile, EOFError):
+        return True
+    except OSError:
         return False
 
 
@@ -291,15 +323,16 @@ def _readable_checkpoint(original):
         try:
             return original(filename, map_location)
         except (EOFError, RuntimeError, OSError) as err:
+            path = osp.expanduser(filename)
             if isinstance(err, (FileNotFoundError, PermissionError)) or \
-                    _whole_zip(filename):
+                    not _truncated(path, err):
                 raise
             raise RuntimeError(
                 f'{filename} is not a complete checkpoint (truncated or '
                 f'corrupt: {str(err)[:120] or type(err).__name__}); nothing '
                 'was loaded. Resume from an earlier one (--resume-from '
-                'WORK_DIR/iter_N.pth) or delete it so that --auto-resume '
-                'takes the previous checkpoint.') from err
+                'WORK_DIR/iter_N.pth), or move it aside so that '
+                '--auto-resume takes the previous checkpoint.') from err
 
     load_from_local._sar_patched = True
     return load_from_local

@@ -74,7 +74,7 @@ def check_custom_imports(cfg, path='the config'):
     imports = (cfg.get('custom_imports') or {}).get('imports', [])
     if isinstance(imports, str):
         imports = [imports]
-    if 'sar' in imports:
+    if any(name == 'sar' or name.startswith('sar.') for name in imports):
         return None
     text = (f'{path} uses SARHead/SemanticAnchorLoss without '
             "custom_imports = dict(imports=['sar'], "

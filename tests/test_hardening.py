@@ -56,12 +56,13 @@ def test_bad_loss_weight_is_refused():
         sar_head(loss_weight=-1.0)
 
 
-@pytest.mark.parametrize('key,value', [('num_classes', 5), ('channels', 4)])
+@pytest.mark.parametrize('key,value', [('num_classes', 5), ('channels', 4),
+                                       ('ignore_index', 0)])
 def test_loss_settings_that_disagree_with_the_head_are_refused(key, value):
     with pytest.raises(ValueError, match=f'sar_loss.{key}={value} disagrees '
                        f'with the wrapped FCNHead.*remove sar_loss.{key}'):
         sar_head(**{key: value})
-    agreeing = {'num_classes': C, 'channels': D}[key]
+    agreeing = {'num_classes': C, 'channels': D, 'ignore_index': 255}[key]
     sar_head(**{key: agreeing})  # the same value is fine
 
 
@@ -272,3 +273,23 @@ def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['latest_good.pth']
     monkeypatch.undo()
     load_checkpoint(sar_head(), path, map_location='cpu', strict=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a CPU machine')
+def test_other_load_errors_are_not_called_truncation(tmp_path):
+    from mmcv.runner import load_checkpoint, save_checkpoint
+    path = str(tmp_path / 'whole.pth')
+    save_checkpoint(sar_head(), path)
+    with pytest.raises(RuntimeError) as err:  # CUDA asked of a CPU machine
+        load_checkpoint(sar_head(), path, map_location='cuda')
+    assert 'not a complete checkpoint' not in str(err.value)
+
+
+def test_a_killed_save_leaves_nothing_behind_after_the_next(tmp_path):
+    from mmcv.runner import save_checkpoint
+    path = tmp_path / 'iter_4.pth'
+    stale = tmp_path / '.iter_4.pth.tmp'  # what a SIGKILL mid-save leaves
+    stale.write_bytes(b'PK\x03\x04 half a checkpoint')
+    save_checkpoint(sar_head(), str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_4.pth']
+    assert torch.load(path, weights_only=False)['state_dict']

@@ -24,11 +24,17 @@ def use_project_venv():
     # A venv's python is a link to the base interpreter: compare prefixes.
     in_venv = osp.realpath(sys.prefix) == osp.realpath(osp.dirname(
         osp.dirname(VENV_PYTHON)))
-    if osp.exists(VENV_PYTHON) and not in_venv:
-        os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.argv])
-    sys.exit(f'{sys.executable} has no torch, and {VENV_PYTHON} does not '
-             'exist: run `make install` in the project first (or install '
-             'torch, mmcv-full and mmsegmentation into this Python).')
+    if in_venv:
+        sys.exit(f'{VENV_PYTHON} has no torch: run `make install` in the '
+                 'project again.')
+    if not osp.exists(VENV_PYTHON):
+        sys.exit(f'{sys.executable} has no torch, and {VENV_PYTHON} does not '
+                 'exist: run `make install` in the project first (or install '
+                 'torch, mmcv-full and mmsegmentation into this Python).')
+    print(f'{sys.executable} has no torch: running under {VENV_PYTHON}',
+          file=sys.stderr)
+    # orig_argv keeps the interpreter's own options (-u, -X, -W).
+    os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.orig_argv[1:]])
 
 
 def import_sar_torch_only():

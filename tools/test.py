@@ -14,6 +14,7 @@ import time
 import warnings
 
 import mmcv
+import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import (get_dist_info, init_dist, load_checkpoint,
                          wrap_fp16_model)
@@ -98,9 +99,10 @@ def prepare_format_dir(args, eval_kwargs):
                  'and this tool deletes nothing it did not create: move its '
                  'contents away, or name another folder with --eval-options '
                  'imgfile_prefix=DIR.')
+    # Decided before any process of this run can have made the folder;
+    # rank 0 makes it after the process group is up (see main).
     temporary = eval_on_format_results and not named and not osp.exists(
         folder)
-    mmcv.mkdir_or_exist(folder)
     return folder, temporary
 
 
@@ -130,6 +132,11 @@ def main():
     if distributed:
         init_dist(args.launcher, **cfg.get('dist_params', {}))
     rank, world_size = get_dist_info()
+    if format_dir is not None:
+        if rank == 0:
+            mmcv.mkdir_or_exist(format_dir)
+        if distributed:
+            torch.distributed.barrier()  # every rank writes into it
 
     if rank == 0:
         # mmseg's names and place: work_dirs/<config name>/ by default.

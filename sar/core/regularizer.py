@@ -349,8 +349,10 @@ def max_pairwise_cosine(anchors, present=None):
     pair = ~torch.eye(cos.shape[0], dtype=torch.bool, device=cos.device)
     if present is not None:
         pair &= present[:, None] & present[None, :]
-    return torch.where(pair, cos, torch.full_like(cos, -2.0)).max().clamp(
-        min=0.0) if present is not None else cos[pair].max()
+    # torch.where, not cos[pair]: a boolean index would read the mask on the
+    # host (a device synchronisation every step).
+    best = torch.where(pair, cos, torch.full_like(cos, -2.0)).max()
+    return best if present is None else best.clamp(min=0.0)
 
 
 def check_label_values(labels, num_classes, ignore_index):

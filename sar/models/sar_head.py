@@ -69,8 +69,11 @@ class SARHead(BaseModule):
         self.head = build_head(head)
         _check_supported(self.head)
         sar_loss = dict(sar_loss)
+        ignore = self.head.ignore_index
+        # The head's pixels and SAR's are the same pixels: one ignore index.
         for key, value in (('num_classes', self.head.num_classes),
-                           ('channels', self.head.conv_seg.in_channels)):
+                           ('channels', self.head.conv_seg.in_channels),
+                           ('ignore_index', -1 if ignore is None else ignore)):
             if key in sar_loss and sar_loss[key] != value:
                 raise ValueError(
                     f'SARHead: sar_loss.{key}={sar_loss[key]} disagrees with '
@@ -79,7 +82,6 @@ class SARHead(BaseModule):
                     f'the head')
         sar_loss.setdefault('num_classes', self.head.num_classes)
         sar_loss.setdefault('channels', self.head.conv_seg.in_channels)
-        ignore = self.head.ignore_index
         sar_loss.setdefault('ignore_index', -1 if ignore is None else ignore)
         sar_loss.setdefault('norm_cfg', self.head.norm_cfg)
         self.sar_loss = build_loss(sar_loss)
