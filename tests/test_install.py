@@ -68,3 +68,13 @@ print('core-only ok')
                          text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert 'core-only ok' in run.stdout
+
+
+def test_runtime_environment_has_no_broken_requirements():
+    # The mmcv build tools (setuptools<70) once went into this environment
+    # and broke torch's own requirement: pip printed an ERROR on every fresh
+    # install. They live in a throwaway build venv now.
+    run = subprocess.run([sys.executable, '-m', 'pip', 'check'],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert 'No broken requirements found' in run.stdout
