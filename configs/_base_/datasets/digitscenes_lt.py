@@ -32,7 +32,7 @@ test_pipeline = [
         ])
 ]
 data = dict(
-    samples_per_gpu=16,
+    samples_per_gpu=8,
     workers_per_gpu=0,
     persistent_workers=False,
     # Repeated so that an epoch is long: mmcv's IterLoader sleeps 2 s at
