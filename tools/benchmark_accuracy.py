@@ -13,11 +13,12 @@ mmseg's json log at its logging interval. Writes to --out-dir
 ``benchmark_accuracy.md``, ``benchmark_accuracy.json``, ``class_iou.png``
 and ``features_pca.png`` (each method's first seed, side by side).
 
-The defaults (3 seeds x 3 methods, the configs' 1500 iterations, two
-runs at a time, one thread each) need about 215 CPU-seconds per run
-(measured: 0.13 s a training iteration, 20 s for starting the three tools,
-testing and analysing 200 val scenes), about 20 minutes on two free cores
-and proportionally longer on shared ones. ``--smoke`` runs one seed of four
+The defaults (3 seeds x 3 methods, the configs' 3000 iterations at batch
+8, two runs at a time, one thread each) need about 240 s per run (measured:
+0.073 s a training iteration with two trainings side by side on two free
+cores, 20 s for starting the three tools, testing and analysing 200 val
+scenes): an estimated 20 minutes on two free cores (not yet timed whole),
+proportionally longer on shared ones. ``--smoke`` runs one seed of four
 iterations on a tiny generated copy of the data set (about 35 CPU-seconds
 for two methods, mostly starting Python) to check the plumbing.
 """
@@ -36,11 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = 'data/digitscenes-lt'  # the configs' data_root, relative to ROOT
 SAR_CONFIG = \
-    'configs/demo/sar_fcn_r18slim-d8_1xb16-1500_digitscenes-lt-64x64.py'
+    'configs/demo/sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py'
 # method -> (config, --cfg-options that make it that method)
 METHODS = {
     'baseline':
-    ('configs/demo/fcn_r18slim-d8_1xb16-1500_digitscenes-lt-64x64.py', []),
+    ('configs/demo/fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py', []),
     'SAR': (SAR_CONFIG, []),
     'prototype': (SAR_CONFIG,
                   ['model.decode_head.sar_loss.anchor_source=prototype']),
@@ -58,7 +59,7 @@ def parse_args(argv=None):
                         '--smoke: 1)')
     parser.add_argument('--iters', type=int,
                         help='training iterations of every run (default: '
-                        'the configs\', 1500; --smoke: 4)')
+                        'the configs\', 3000; --smoke: 4)')
     parser.add_argument('--methods', nargs='+', choices=list(METHODS),
                         default=list(METHODS), help='methods to run')
     parser.add_argument('--work-dir', default='work_dirs/benchmark_accuracy',
