@@ -31,7 +31,13 @@ def test_plain_torch_example_runs():
     scope = {}
     exec(compile(code, 'README.md', 'exec'), scope)
     assert scope['loss'].requires_grad
-    assert scope['feats'].grad is not None
+    # A fresh classifier rarely opens the gate: then the pull is an exact
+    # zero that is not computed, and only the anchor CE has a gradient.
+    if scope['out']['gate_open'].item():
+        assert scope['feats'].grad is not None
+    else:
+        assert scope['out']['pull'].item() == 0
+        assert scope['feats'].grad is None
 
 
 def test_paths_named_in_shell_blocks_exist():
