@@ -19,4 +19,4 @@ demo: install
 	$(PY) tools/demo.py
 
 clean:
-	rm -rf work_dirs data/demo .pytest_cache
+	rm -rf work_dirs data/demo data/shapes data/digitscenes-lt .pytest_cache
