@@ -4,8 +4,7 @@ The generators need numpy and Pillow only (DigitScenes-LT also reads
 scikit-learn's digits, imported when called). With mmseg installed, this
 package also registers ``DigitScenesDataset`` in mmseg's DATASETS.
 """
-import importlib.util
-
+from .. import _mmseg_installed
 from .digitscenes import (DIGITSCENES_CLASSES, DIGITSCENES_PALETTE,
                           head_tail_classes, load_glyphs, longtail_counts,
                           make_digitscenes, render_scene, split_glyphs,
@@ -18,13 +17,6 @@ __all__ = [
     'load_glyphs', 'split_glyphs', 'longtail_counts', 'texture',
     'render_scene', 'head_tail_classes'
 ]
-
-
-def _mmseg_installed():
-    try:
-        return importlib.util.find_spec('mmseg') is not None
-    except (ImportError, ValueError):
-        return False
 
 
 if _mmseg_installed():
