@@ -48,7 +48,8 @@ def test_bad_settings_are_refused_at_build_time(key, value, message):
                                        ('ema_momentum', 0.0),
                                        ('pull_weight', 0.0)])
 def test_edge_values_that_make_sense_are_accepted(key, value):
-    SemanticAnchorRegularizer(C, D, **{key: value})
+    reg = SemanticAnchorRegularizer(C, D, **{key: value})
+    assert getattr(reg, key) == value
 
 
 def test_bad_loss_weight_is_refused():
