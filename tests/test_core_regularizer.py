@@ -26,6 +26,16 @@ def batch(seed=0, B=2, h=4, w=4):
     return feats, labels
 
 
+def run_two_ranks(rank_main):
+    """Run ``rank_main(rank, world, init_file, out_file)`` in two gloo
+    processes; returns what each saved to ``out_file.<rank>``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, 'init')
+        out_file = os.path.join(tmp, 'out')
+        mp.spawn(rank_main, args=(2, init_file, out_file), nprocs=2)
+        return [torch.load(f'{out_file}.{r}') for r in range(2)]
+
+
 def open_gate(reg):
     """A classifier that classifies every embedded anchor right, confidently."""
     class Oracle(nn.Module):
@@ -162,11 +172,7 @@ def _rank_main(rank, world, init_file, out_file):
 
 
 def test_two_gloo_processes_hold_identical_anchors():
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, 'init')
-        out_file = os.path.join(tmp, 'out')
-        mp.spawn(_rank_main, args=(2, init_file, out_file), nprocs=2)
-        results = [torch.load(f'{out_file}.{r}') for r in range(2)]
+    results = run_two_ranks(_rank_main)
     for res in results:
         a0, a1 = res['anchors']
         assert torch.equal(a0, a1)  # bit-identical across ranks
@@ -228,11 +234,7 @@ def _sync_rank_main(rank, world, init_file, out_file):
 
 
 def test_ema_anchors_are_the_mean_of_every_ranks_embedding():
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, 'init')
-        out_file = os.path.join(tmp, 'out')
-        mp.spawn(_sync_rank_main, args=(2, init_file, out_file), nprocs=2)
-        runs = torch.load(f'{out_file}.0')
+    runs = run_two_ranks(_sync_rank_main)[0]
     m = 0.7
     synced, unsynced = runs[True], runs[False]
     # Precondition: the ranks' embedded anchors differ after the first
@@ -301,11 +303,7 @@ def _seed_rank_main(rank, world, init_file, out_file):
 
 
 def test_init_anchors_agree_across_ranks_whatever_the_seeds():
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, 'init')
-        out_file = os.path.join(tmp, 'out')
-        mp.spawn(_seed_rank_main, args=(2, init_file, out_file), nprocs=2)
-        r0, r1 = (torch.load(f'{out_file}.{r}') for r in range(2))
+    r0, r1 = run_two_ranks(_seed_rank_main)
     assert not torch.equal(r0['drawn'], r1['drawn'])  # seeds did differ
     assert torch.equal(r0['after'], r0['drawn'])  # rank 0's draw wins
     assert torch.equal(r1['after'], r0['drawn'])
