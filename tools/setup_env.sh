@@ -61,23 +61,8 @@ if grep -q 'requirement setuptools' <<<"$CONFLICTS"; then
     "${PIP[@]}" install --upgrade setuptools
 fi
 
-# The build tools live in a throwaway venv of their own: mmcv-full 1.7.2's
-# setup.py imports pkg_resources (setuptools<70), which torch forbids in the
-# runtime venv, and pip's resolver would print an ERROR there about it. The
-# build venv sees the runtime venv's torch through a .pth file, after its
-# own site-packages, so its setuptools<70 wins there and only there.
-make_build_venv() {
-    local dir="$1"
-    local base
-    base="$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-    "$base" -m venv "$dir"
-    "$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-        > "$dir/.purelib"
-    "$PY" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
-        > "$(cat "$dir/.purelib")/sar_runtime.pth"
-    "$dir/bin/python" -m pip --disable-pip-version-check -q install \
-        --no-warn-conflicts 'setuptools<70' wheel ninja
-}
+# shellcheck source=tools/_mmcv_wheel.sh
+source "$ROOT/tools/_mmcv_wheel.sh"
 
 # 3. mmcv-full with compiled ops, from the wheel cache or built from its sdist.
 mmcv_ok() {
@@ -85,11 +70,7 @@ mmcv_ok() {
 }
 if ! mmcv_ok; then
     # The wheel depends on the Python ABI, the torch build and CUDA presence.
-    TAG="$("$PY" -c '
-import sys, torch
-cuda = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda and torch.cuda.is_available() else "cpu"
-print("py%d%d-torch%s-%s" % (sys.version_info[0], sys.version_info[1], torch.__version__.split("+")[0], cuda))
-')"
+    TAG="$(mmcv_wheel_tag "$PY")"
     if [ "${TAG##*-}" != cpu ] && ! command -v nvcc >/dev/null; then
         log "CUDA device found but no nvcc: building CPU ops only"
         TAG="${TAG%-*}-cpu"
@@ -99,26 +80,7 @@ print("py%d%d-torch%s-%s" % (sys.version_info[0], sys.version_info[1], torch.__v
     WHL="$(ls "$CACHED"/mmcv_full-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
     if [ -z "$WHL" ]; then
         log "building mmcv-full $MMCV_VERSION for $TAG (several minutes, cached afterwards)"
-        BUILD="$(mktemp -d)"
-        make_build_venv "$BUILD/venv"
-        BPIP=("$BUILD/venv/bin/python" -m pip --disable-pip-version-check -q)
-        SDIST="$(ls "$WHEEL_CACHE"/sdist/mmcv-full-"$MMCV_VERSION".tar.gz 2>/dev/null || true)"
-        if [ -z "$SDIST" ]; then
-            mkdir -p "$WHEEL_CACHE/sdist"
-            "${BPIP[@]}" download --no-deps --no-build-isolation --no-binary :all: \
-                -d "$WHEEL_CACHE/sdist" "mmcv-full==$MMCV_VERSION"
-            SDIST="$WHEEL_CACHE/sdist/mmcv-full-$MMCV_VERSION.tar.gz"
-        fi
-        tar -xzf "$SDIST" -C "$BUILD"
-        SRC="$BUILD/mmcv-full-$MMCV_VERSION"
-        # torch >= 2.10 headers use C++20 features; mmcv forces -std=c++17
-        # (for the host compiler and for nvcc alike).
-        sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
-        grep -q -- '-std=c++20' "$SRC/setup.py"
-        "${BPIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/dist" "$SRC"
-        mkdir -p "$CACHED"
-        cp "$BUILD"/dist/mmcv_full-*.whl "$CACHED/"
-        rm -rf "$BUILD"
+        build_mmcv_wheel "$PY" "$CACHED"
         WHL="$(ls "$CACHED"/mmcv_full-"$MMCV_VERSION"-*.whl | head -n1)"
     fi
     mkdir -p "$LOCAL_CACHE/$TAG"
