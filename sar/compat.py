@@ -116,9 +116,24 @@ def _cpu_ddp_class():
     return CPUDistributedDataParallel
 
 
+def cuda_device_ids(device_ids):
+    """The CUDA device of this rank, for DDP's ``device_ids``.
+
+    mmseg 0.30 passes ``device_ids=[LOCAL_RANK]``, but mmcv's ``init_dist``
+    put the rank on device ``rank % device_count``: with more ranks than
+    GPUs (two gloo ranks sharing one GPU, say) rank 1 asks for a device
+    that does not exist. An id beyond the devices becomes the current one.
+    """
+    if device_ids and any(i >= torch.cuda.device_count() for i in device_ids):
+        return [torch.cuda.current_device()]
+    return device_ids
+
+
 def build_ddp(model, device='cuda', *args, **kwargs):
     """mmseg's ``build_ddp`` plus a CPU branch (gloo, SyncBN reverted)."""
     if device != 'cpu':
+        if device == 'cuda' and kwargs.get('device_ids') is not None:
+            kwargs['device_ids'] = cuda_device_ids(kwargs['device_ids'])
         return _ORIGINALS['build_ddp'](model, device, *args, **kwargs)
     from mmcv.cnn.utils import revert_sync_batchnorm
     kwargs.pop('device_ids', None)
@@ -353,6 +368,30 @@ def _patch_checkpoint_files():
             _readable_checkpoint(local))
 
 
+# --------------------------------------------------------------------------
+# Shim 7: moving a batch to a GPU (MMDataParallel and MMDistributedDataParallel
+# on CUDA, every training step).
+# mmcv's Scatter.forward asks torch.nn.parallel._functions._get_stream for a
+# copy stream with an integer GPU id; torch 2.x takes a torch.device there
+# and reads ``device.type``: "AttributeError: 'int' object has no attribute
+# 'type'". The id becomes the device it names. CPU runs never get here
+# (their target is -1).
+def _patch_get_stream():
+    from mmcv.parallel import _functions
+    original = _functions._get_stream
+    if getattr(original, '_sar_patched', False):
+        return
+
+    @functools.wraps(original)
+    def get_stream(device):
+        if isinstance(device, int):
+            device = torch.device('cuda', device)
+        return original(device)
+
+    get_stream._sar_patched = True
+    _functions._get_stream = get_stream
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
@@ -361,4 +400,5 @@ def apply():
     _patch_ddp_forward()
     _patch_iter_runner()
     _patch_checkpoint_files()
+    _patch_get_stream()
 

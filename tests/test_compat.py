@@ -131,6 +131,28 @@ def test_mmcv_ddp_forward_needs_the_removed_torch_attribute(monkeypatch):
     assert torch.equal(ddp._run_ddp_forward(torch.ones(1)), torch.ones(1))
 
 
+def test_cuda_ranks_beyond_the_gpus_get_the_current_device(monkeypatch):
+    # Two gloo ranks on one GPU: mmcv's init_dist made cuda:0 current for
+    # both (rank % 1), mmseg asks DDP for device_ids=[LOCAL_RANK] = [1].
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    assert compat.cuda_device_ids([1]) == [0]
+    assert compat.cuda_device_ids([0]) == [0]
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 3)
+    assert compat.cuda_device_ids([3]) == [3]  # one rank per GPU: unchanged
+    assert compat.cuda_device_ids([5]) == [3]
+    assert compat.cuda_device_ids(None) is None
+    seen = {}
+    monkeypatch.setitem(compat._ORIGINALS, 'build_ddp',
+                        lambda model, device, **kw: seen.update(kw) or model)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    compat.build_ddp(torch.nn.Linear(2, 2), 'cuda', device_ids=[1],
+                     broadcast_buffers=False)
+    assert seen == dict(device_ids=[0], broadcast_buffers=False)
+
+
 def test_build_ddp_is_patched_where_mmseg_calls_it():
     import mmseg.apis.train
     import mmseg.utils
@@ -248,3 +270,27 @@ def test_unpatched_iter_runner_resume_needs_cuda(tmp_path):
     with pytest.raises((RuntimeError, AssertionError), match='NVIDIA|CUDA'):
         IterBasedRunner.resume.__wrapped__(_iter_runner(tmp_path, 4),
                                            str(tmp_path / 'iter_2.pth'))
+
+
+# Shim 7 --------------------------------------------------------------------
+
+def test_scatter_to_a_gpu_id_gets_its_copy_stream(monkeypatch):
+    import torch.nn.parallel._functions as torch_functions
+    from mmcv.parallel import _functions
+    # The need: torch 2.x's _get_stream takes a device, mmcv passes an id.
+    with pytest.raises(AttributeError, match="'int' object has no attribute"):
+        torch_functions._get_stream(0)
+    # Patched: the id names a CUDA device (no stream without one here).
+    assert _functions._get_stream(0) is None
+    assert _functions._get_stream(torch.device('cpu')) is None
+    # mmcv's Scatter.forward, as MMDataParallel calls it for a batch that
+    # goes to GPU 0, gets past the stream lookup to the copy itself.
+    calls = []
+    monkeypatch.setattr(_functions, 'scatter',
+                        lambda x, gpus, streams: calls.append(
+                            (gpus, streams)) or [x])
+    monkeypatch.setattr(_functions, 'synchronize_stream',
+                        lambda *a: calls.append('synchronized'))
+    (out, ) = _functions.Scatter.forward([0], torch.ones(2))
+    assert torch.equal(out, torch.ones(2))
+    assert calls == [([0], [None]), 'synchronized']
