@@ -49,6 +49,65 @@ def adapt_cfg_to_machine(cfg):
     return cfg
 
 
+FP16_HOOKS = {'OptimizerHook': 'Fp16OptimizerHook',
+              'GradientCumulativeOptimizerHook':
+              'GradientCumulativeFp16OptimizerHook'}
+
+
+def resolve_fp16(cfg):
+    """Make ``fp16 = dict(loss_scale=...)`` train in fp16, in place.
+
+    mmseg 0.30 trains in mixed precision only through
+    ``optimizer_config = dict(type='Fp16OptimizerHook', ...)``; the
+    ``fp16 = dict(loss_scale='dynamic')`` of mmdet and mmcls configs is
+    ignored there, silently in fp32. Here a non-empty ``fp16`` turns the
+    optimizer hook into its fp16 twin, ``fp16``'s settings added (an empty
+    ``fp16 = dict()`` is mmseg's own placeholder and changes nothing).
+    mmcv's fp16 casts the images to half and relies on CUDA autocast, so
+    without CUDA it is refused before anything is built.
+
+    Returns:
+        str | None: what was changed, for the log.
+    """
+    fp16 = dict(cfg.get('fp16') or {})
+    if isinstance(fp16.get('loss_scale'), int):
+        fp16['loss_scale'] = float(fp16['loss_scale'])  # mmcv takes floats
+    opt = dict(cfg.get('optimizer_config') or {})
+    kind = opt.get('type', 'OptimizerHook')
+    note = None
+    if fp16 and 'Fp16' not in kind:
+        if kind not in FP16_HOOKS:
+            raise ValueError(
+                f'fp16 = {fp16} is set, but optimizer_config is a {kind}, '
+                'which has no fp16 twin: set optimizer_config to an fp16 '
+                "hook yourself (e.g. type='Fp16OptimizerHook') or drop fp16.")
+        # The fp16 hooks do not take OptimizerHook's anomaly detection.
+        opt.pop('detect_anomalous_params', None)
+        opt.update(fp16, type=FP16_HOOKS[kind])
+        cfg.optimizer_config = opt
+        kind = opt['type']
+        note = (f'fp16 = {fp16}: optimizer_config is now {opt} (mmseg 0.30 '
+                'trains in fp16 through the optimizer hook only)')
+    elif fp16:
+        if any(k in opt and opt[k] != v for k, v in fp16.items()):
+            raise ValueError(
+                f'fp16 = {fp16} contradicts optimizer_config = {opt}: keep '
+                'the loss scale in one of them.')
+        missing = {k: v for k, v in fp16.items() if k not in opt}
+        if missing:
+            opt.update(missing)
+            cfg.optimizer_config = opt
+            note = f'fp16 = {fp16}: optimizer_config is now {opt}'
+    if 'Fp16' in kind and not torch.cuda.is_available():
+        raise ValueError(
+            f'fp16 training needs a CUDA device: mmcv\'s {kind} casts the '
+            'images to half, which convolutions on the CPU do not take. '
+            'Train in fp32 here: drop fp16 and use '
+            "optimizer_config = dict(type='OptimizerHook') (or the "
+            "config's own without fp16).")
+    return note
+
+
 SAR_TYPES = ('SARHead', 'SemanticAnchorLoss')
 
 

@@ -182,6 +182,44 @@ def test_anchor_math_stays_fp32_under_bf16_autocast():
     mixed['loss_sar_pull'].backward()
 
 
+def test_sar_trains_under_mmcvs_fp16_machinery(monkeypatch):
+    """mmseg 0.30's fp16 (Fp16OptimizerHook): wrap_fp16_model, then
+    auto_fp16 casts the images to half and runs under CUDA autocast. Here
+    CPU float16 autocast stands in for CUDA's, with the pull active."""
+    import functools
+
+    from mmcv.cnn.utils import revert_sync_batchnorm
+    from mmcv.runner import fp16_utils, wrap_fp16_model
+    from mmseg.models import build_segmentor
+
+    from conftest import DEMO_SAR, tiny_batch
+    cfg = Config.fromfile(DEMO_SAR)
+    cfg.model.decode_head.sar_loss.pull_mode = 'after_init'
+    model = revert_sync_batchnorm(build_segmentor(cfg.model))
+    model.init_weights()
+    model.train()
+    sar = model.decode_head.sar_loss
+    sar.initialised.fill_(True)
+    sar.semantic_anchors.normal_()
+    wrap_fp16_model(model)
+    monkeypatch.setattr(fp16_utils, 'autocast', functools.partial(
+        torch.autocast, 'cpu', dtype=torch.float16))
+    feats = []
+    model.decode_head.head.register_forward_hook(
+        lambda m, a, out: feats.append(out.dtype))
+    img, metas, gt = tiny_batch()
+    losses = model(img, metas, gt_semantic_seg=gt)
+    assert feats == [torch.float16]  # the head really ran in half
+    for key in ('decode.loss_sar_pull', 'decode.loss_sar_anchor_ce'):
+        assert losses[key].dtype == torch.float32, key
+        assert torch.isfinite(losses[key]) and losses[key] > 0, key
+    loss, _ = model._parse_losses(losses)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 # --- collapse guard ----------------------------------------------------------
 
 def collapsed_regularizer(**kwargs):
@@ -294,3 +332,76 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next(tmp_path):
     save_checkpoint(sar_head(), str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_4.pth']
     assert torch.load(path, weights_only=False)['state_dict']
+
+
+# --- fp16 settings ------------------------------------------------------------
+
+def fp16_cfg(**entries):
+    return Config(dict(optimizer_config=dict(grad_clip=None), **entries))
+
+
+def test_fp16_dict_turns_the_optimizer_hook_to_fp16(monkeypatch):
+    from sar.runtime import resolve_fp16
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = fp16_cfg(fp16=dict(loss_scale='dynamic'))
+    note = resolve_fp16(cfg)
+    assert cfg.optimizer_config == dict(type='Fp16OptimizerHook',
+                                        grad_clip=None, loss_scale='dynamic')
+    assert 'Fp16OptimizerHook' in note
+    cumulative = Config(dict(fp16=dict(loss_scale=512.), optimizer_config=dict(
+        type='GradientCumulativeOptimizerHook', cumulative_iters=4)))
+    resolve_fp16(cumulative)
+    assert cumulative.optimizer_config == dict(
+        type='GradientCumulativeFp16OptimizerHook', cumulative_iters=4,
+        loss_scale=512.)
+    # mmcv builds both hooks from what resolve_fp16 wrote.
+    from mmcv.runner import HOOKS
+    from mmcv.utils import build_from_cfg
+    for done in (cfg, cumulative):
+        hook = build_from_cfg(dict(done.optimizer_config), HOOKS)
+        assert type(hook).__name__ == done.optimizer_config.type
+    # mmseg's own fp16 configs: the hook set, fp16 = dict() a placeholder.
+    own = fp16_cfg(fp16=dict())
+    own.optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.)
+    assert resolve_fp16(own) is None
+    assert own.optimizer_config == dict(type='Fp16OptimizerHook',
+                                        loss_scale=512.)
+    plain = fp16_cfg()
+    assert resolve_fp16(plain) is None
+    assert plain.optimizer_config == dict(grad_clip=None)
+
+
+def test_fp16_settings_that_cannot_work_are_refused(monkeypatch):
+    from sar.runtime import resolve_fp16
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    odd = Config(dict(fp16=dict(loss_scale=512.),
+                      optimizer_config=dict(type='MyOwnHook')))
+    with pytest.raises(ValueError, match='MyOwnHook, which has no fp16 twin'):
+        resolve_fp16(odd)
+    both = fp16_cfg(fp16=dict(loss_scale='dynamic'))
+    both.optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.)
+    with pytest.raises(ValueError, match='keep the loss scale in one'):
+        resolve_fp16(both)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for cfg in (fp16_cfg(fp16=dict(loss_scale='dynamic')),
+                Config(dict(optimizer_config=dict(type='Fp16OptimizerHook')))):
+        with pytest.raises(ValueError, match='fp16 training needs a CUDA '
+                           'device.*Train in fp32 here'):
+            resolve_fp16(cfg)
+
+
+def test_fp16_dict_fills_in_what_the_fp16_hook_lacks(monkeypatch):
+    from sar.runtime import resolve_fp16
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = Config(dict(fp16=dict(loss_scale=512),
+                      optimizer_config=dict(type='Fp16OptimizerHook')))
+    assert 'loss_scale' in resolve_fp16(cfg)
+    # An int scale becomes the float that mmcv's hook accepts.
+    assert cfg.optimizer_config == dict(type='Fp16OptimizerHook',
+                                        loss_scale=512.)
+    assert isinstance(cfg.optimizer_config.loss_scale, float)
+    anomaly = Config(dict(fp16=dict(loss_scale='dynamic'), optimizer_config=dict(
+        detect_anomalous_params=True, grad_clip=None)))
+    resolve_fp16(anomaly)
+    assert anomaly.optimizer_config == dict(
+        type='Fp16OptimizerHook', grad_clip=None, loss_scale='dynamic')

@@ -7,6 +7,7 @@ import _venv  # noqa: F401  (first: re-runs under .venv if needed)
 import argparse
 import copy
 import os.path as osp
+import sys
 import time
 
 import mmcv
@@ -16,7 +17,7 @@ from mmcv.utils import get_git_hash
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
 from sar.runtime import (accept_sar_checkpoints, add_common_args,
-                         load_config, parse_common_args)
+                         load_config, parse_common_args, resolve_fp16)
 
 
 def parse_args():
@@ -56,6 +57,10 @@ def main():
 
     args = parse_args()
     cfg = load_config(args)
+    try:
+        fp16_note = resolve_fp16(cfg)
+    except ValueError as err:
+        sys.exit(f'{args.config}: {err}')
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.load_from is not None:
@@ -87,6 +92,8 @@ def main():
     env_info = '\n'.join(f'{k}: {v}' for k, v in collect_env().items())
     logger.info('Environment info:\n' + env_info)
     logger.info(f'Distributed training: {distributed}')
+    if fp16_note:
+        logger.info(fp16_note)
     logger.info(f'Config:\n{cfg.pretty_text}')
 
     cfg.device = get_device()
