@@ -1,0 +1,207 @@
+"""tools/gpu_check.py and its shell entry: the rehearsal of the GPU check.
+
+The check itself needs a GPU machine; here its CPU rehearsal runs every
+step of it (the paper's HRNetV2-W48 model at 64 px, 2 iterations) under
+this environment, and the parts that decide pass or fail are checked on
+their own.
+"""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmcv.utils import Config
+from PIL import Image
+
+from conftest import ROOT
+
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import gpu_check  # noqa: E402
+
+PY = sys.executable
+
+
+def run(args, **env):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1', **env),
+                          timeout=1200)
+
+
+def test_generated_data_has_ades_layout_and_values(tmp_path):
+    info = gpu_check.make_ade_like(str(tmp_path), 3, 2, size=40)
+    for split, count in (('training', 3), ('validation', 2)):
+        imgs = sorted(os.listdir(tmp_path / 'images' / split))
+        anns = sorted(os.listdir(tmp_path / 'annotations' / split))
+        assert len(imgs) == len(anns) == count
+        assert all(f.endswith('.jpg') for f in imgs)
+        label = np.array(Image.open(tmp_path / 'annotations' / split /
+                                    anns[0]))
+        assert label.shape == (40, 40)
+        # 0 ("other", ignored by reduce_zero_label) or a present class.
+        assert set(np.unique(label)) <= {0, *info['present_classes']}
+        assert len(np.unique(label)) > 3
+    assert all(1 <= c <= 150 for c in info['present_classes'])
+
+
+def test_derived_config_keeps_the_model_and_changes_sizes(tmp_path):
+    data = str(tmp_path / 'data')
+    sizes = dict(gpu_check.CPU, size=48)
+    dst = gpu_check.derive_config(gpu_check.PAPER_SAR,
+                                  str(tmp_path / 'c.py'), data, sizes,
+                                  iters=7, batch=3, fp16=True, probe=True,
+                                  gloo=True, load_from='start.pth')
+    cfg = Config.fromfile(dst, import_custom_modules=False)
+    paper = Config.fromfile(osp.join(ROOT, gpu_check.PAPER_SAR))
+    assert cfg.model.pretrained is None and paper.model.pretrained
+    paper.model.pretrained = None
+    assert cfg.model.decode_head.sar_loss.pull_mode == 'after_init'
+    assert cfg.load_from == 'start.pth'
+    cfg.model.decode_head.sar_loss.pull_mode = 'gate'
+    assert cfg.model == paper.model  # SAR settings, head, SyncBN: as is
+    assert cfg.optimizer == paper.optimizer and cfg.seed == paper.seed
+    assert all(cfg.data[s].data_root == data for s in ('train', 'val',
+                                                       'test'))
+    steps = {t['type']: t for t in cfg.data.train.pipeline}
+    assert steps['RandomCrop']['crop_size'] == (48, 48)
+    assert steps['Pad']['size'] == (48, 48)
+    assert steps['Resize']['img_scale'] == (192, 48)
+    assert cfg.data.test.pipeline[1]['img_scale'] == (192, 48)
+    assert (cfg.runner.max_iters, cfg.checkpoint_config.interval,
+            cfg.data.samples_per_gpu) == (7, 7, 3)
+    assert cfg.fp16 == dict(loss_scale='dynamic')
+    assert cfg.custom_hooks == [dict(type='SARRankProbeHook')]
+    assert 'sar' in cfg.custom_imports.imports
+    assert cfg.dist_params == dict(backend='gloo')
+
+
+def test_training_summary_fails_on_missing_keys_and_nan():
+    rows = [dict(iter=1, time=9.0, loss=1.0, memory=10,
+                 **{'decode.loss_sar_pull': 0.0,
+                    'decode.loss_sar_anchor_ce': 2.0,
+                    'decode.sar.gate_open': 0.0,
+                    'decode.sar.anchor_max_cos': 0.4}),
+            dict(iter=2, time=1.0, loss=0.5, memory=12,
+                 **{'decode.loss_sar_pull': 0.1,
+                    'decode.loss_sar_anchor_ce': 1.0,
+                    'decode.sar.gate_open': 1.0,
+                    'decode.sar.anchor_max_cos': 0.4})]
+    summary, checks = gpu_check.summarize_training(rows, sar=True)
+    assert all(checks.values())
+    assert summary['time_per_iter_s'] == 1.0  # the first interval left out
+    assert summary['max_memory_mb'] == 12
+    assert summary['last_sar']['decode.sar.gate_open'] == 1.0
+    rows[1]['loss'] = float('nan')
+    assert not gpu_check.summarize_training(rows, True)[1]['losses_finite']
+    plain = [{k: v for k, v in r.items() if 'sar' not in k} for r in rows]
+    assert not gpu_check.summarize_training(plain, True)[1][
+        'sar_keys_logged']
+    assert not gpu_check.summarize_training([], True)[1]['logged']
+
+
+def test_fp16_is_read_from_the_loss_scale_the_checkpoint_keeps(tmp_path):
+    fp16 = tmp_path / 'fp16.pth'
+    torch.save(dict(meta=dict(fp16=dict(loss_scaler=dict(scale=32768.0))),
+                    state_dict={}), fp16)
+    assert gpu_check.loss_scale(str(fp16)) == 32768.0
+    fp32 = tmp_path / 'fp32.pth'
+    torch.save(dict(meta=dict(iter=2), state_dict={}), fp32)
+    assert gpu_check.loss_scale(str(fp32)) is None
+    assert gpu_check.loss_scale(str(tmp_path / 'absent.pth')) is None
+
+
+def test_a_step_that_raises_fails_alone(tmp_path):
+    check = gpu_check.Check(gpu_check.parse_args(
+        [str(tmp_path / 'out'), '--cpu', '--work-dir', str(tmp_path / 'w')]))
+    assert check.guarded('broken', lambda: 1 / 0) is False
+    check.guarded('fine', lambda: check.record('fine', checks=dict(a=True)))
+    steps = check.report['steps']
+    assert not steps['broken']['ok']
+    assert 'ZeroDivisionError' in steps['broken']['error']
+    assert steps['fine']['ok']
+    assert check.finish() == 1
+    text = (tmp_path / 'out' / 'gpu_check.txt').read_text()
+    assert 'FAIL broken' in text and 'PASS fine' in text
+
+
+def test_a_spent_budget_fails_the_check(tmp_path):
+    proc = run([PY, 'tools/gpu_check.py', str(tmp_path / 'out'), '--cpu',
+                '--budget', '5'])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    with open(tmp_path / 'out' / 'gpu_check.json') as f:
+        report = json.load(f)
+    assert report['passed'] is False
+    assert report['steps']['env']['skipped'] == 'the time budget was spent'
+    assert 'FAIL env' in (tmp_path / 'out' / 'gpu_check.txt').read_text()
+
+
+def test_shell_entry_says_what_is_missing(tmp_path):
+    proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
+               SAR_DEVICE_WHEELS=str(tmp_path / 'none'))
+    assert proc.returncode == 2
+    assert 'run \'bash tools/build_device_wheels.sh\'' in proc.stderr
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    (wheels / 'a.whl').write_bytes(b'not the wheel that was listed')
+    (wheels / 'SHA256SUMS').write_text('0' * 64 + '  a.whl\n')
+    proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
+               SAR_DEVICE_WHEELS=str(wheels), PYTHON=PY)
+    assert proc.returncode != 0
+    assert 'FAILED' in proc.stderr + proc.stdout  # sha256sum's verdict
+    assert not (tmp_path / 'out').exists()
+    proc = run(['bash', 'tools/build_device_wheels.sh'],
+               PYTHON312='/bin/false')
+    assert proc.returncode == 2 and 'needs a Python 3.12' in proc.stderr
+
+
+def test_device_pins_agree_with_the_tested_environment():
+    import importlib.metadata as md
+    pins = {}
+    with open(osp.join(ROOT, 'requirements', 'device.txt')) as f:
+        for line in f:
+            line = line.split('#')[0].strip()
+            if line:
+                name, version = line.split('==')
+                pins[name] = version
+    assert pins['mmsegmentation'] == '0.30.0'
+    with open(osp.join(ROOT, 'requirements', 'constraints.txt')) as f:
+        yapf = [ln.strip() for ln in f if ln.startswith('yapf')]
+    assert yapf == [f"yapf=={pins['yapf']}"]
+    # mmseg's and mmcv's needs that the device image lacks are all carried.
+    needed = {'mmcls', 'addict', 'yapf', 'prettytable', 'importlib-metadata',
+              'lazy-importer'}
+    assert needed <= set(pins)
+    for name in needed:
+        assert md.version(name) == pins[name], name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU rehearsal')
+def test_cpu_rehearsal_passes_every_step(tmp_path):
+    out = tmp_path / 'out'
+    proc = run([PY, 'tools/gpu_check.py', str(out), '--cpu'])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-6000:]
+    with open(out / 'gpu_check.json') as f:
+        report = json.load(f)
+    steps = report['steps']
+    assert list(steps) == [
+        'env', 'data', 'train_sar_fp32', 'train_sar_fp16', 'test', 'dist',
+        'overhead', 'train_baseline_fp32', 'train_baseline_fp16']
+    assert all(s['ok'] for s in steps.values()), text[-6000:]
+    assert report['env']['mmseg'] == '0.30.0'
+    sar = steps['train_sar_fp32']['results']
+    assert 'decode.loss_sar_pull' in sar['sar_keys']
+    assert steps['train_sar_fp16']['checks'] == dict(refused_on_cpu=True)
+    assert 0 <= steps['test']['results']['mIoU'] <= 1
+    dist = steps['dist']
+    assert dist['checks']['sar_state_bit_identical']
+    assert dist['checks']['pull_ran_on_both_ranks']
+    assert '0.semantic_anchors' in dist['results']['compared']
+    assert dist['results']['rank_seeds'][0] != dist['results']['rank_seeds'][1]
+    ratios = steps['overhead']['results']['ratios']
+    assert set(ratios) == {'sar_gate_closed', 'sar_pull_active'}
+    assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.txt',
+                                       'logs.tar.gz', 'overhead.json']
