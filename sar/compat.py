@@ -120,13 +120,15 @@ def cuda_device_ids(device_ids):
     """The CUDA device of this rank, for DDP's ``device_ids``.
 
     mmseg 0.30 passes ``device_ids=[LOCAL_RANK]``, but mmcv's ``init_dist``
-    put the rank on device ``rank % device_count``: with more ranks than
-    GPUs (two gloo ranks sharing one GPU, say) rank 1 asks for a device
-    that does not exist. An id beyond the devices becomes the current one.
+    made device ``rank % device_count`` current, and ``model.cuda()`` put
+    the model there. The two differ with more ranks than GPUs (two gloo
+    ranks sharing one GPU: rank 1 asked for a device that does not exist)
+    and on nodes running fewer ranks than they have GPUs. DDP gets the
+    device the model is on.
     """
-    if device_ids and any(i >= torch.cuda.device_count() for i in device_ids):
-        return [torch.cuda.current_device()]
-    return device_ids
+    if device_ids is None:
+        return None
+    return [torch.cuda.current_device()]
 
 
 def build_ddp(model, device='cuda', *args, **kwargs):
@@ -192,6 +194,9 @@ def _patch_ddp_forward():
 #     more in total and the lr schedule shifted by one. We record the count
 #     of iterations done as meta['iters_done'] and resume from it. Files
 #     without it (stock mmcv) resume as before.
+# (c) the dynamic loss scale of an fp16 run (meta['fp16']) was not restored
+#     (BaseRunner.resume does it, IterBasedRunner.resume does not): a resumed
+#     run restarted at 65536 and skipped its first steps as overflows.
 def _iters_done(runner):
     # mmcv keeps ``data_batch`` on the runner between before_train_iter and
     # the end of after_train_iter, where CheckpointHook saves.
@@ -236,6 +241,10 @@ def _patch_iter_runner():
         if 'iters_done' in seen:
             self._iter = self._inner_iter = seen['iters_done']
             self.logger.info(f'resumed after {self._iter} iterations done')
+        if 'fp16' in seen:
+            # Fp16OptimizerHook.before_run reads its loss scale from
+            # runner.meta, which IterBasedRunner.resume leaves as it was.
+            self.meta = dict(self.meta or {}, fp16=seen['fp16'])
 
     resume._sar_patched = True
     IterBasedRunner.save_checkpoint = save_checkpoint
@@ -376,10 +385,19 @@ def _patch_checkpoint_files():
 # and reads ``device.type``: "AttributeError: 'int' object has no attribute
 # 'type'". The id becomes the device it names. CPU runs never get here
 # (their target is -1).
+def _get_stream_takes_ids(get_stream):
+    # torch < 2.1 answers None for -1 (the CPU); later ones read -1.type.
+    try:
+        return get_stream(-1) is None
+    except AttributeError:
+        return False
+
+
 def _patch_get_stream():
     from mmcv.parallel import _functions
     original = _functions._get_stream
-    if getattr(original, '_sar_patched', False):
+    if getattr(original, '_sar_patched', False) or _get_stream_takes_ids(
+            original):
         return
 
     @functools.wraps(original)

@@ -141,7 +141,9 @@ def test_cuda_ranks_beyond_the_gpus_get_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 3)
     assert compat.cuda_device_ids([3]) == [3]  # one rank per GPU: unchanged
-    assert compat.cuda_device_ids([5]) == [3]
+    # Rank 3 of a second node running 2 ranks on 4 GPUs: init_dist made
+    # cuda:3 current (3 % 4) and the model went there; LOCAL_RANK says 1.
+    assert compat.cuda_device_ids([1]) == [3]
     assert compat.cuda_device_ids(None) is None
     seen = {}
     monkeypatch.setitem(compat._ORIGINALS, 'build_ddp',
@@ -262,6 +264,25 @@ def test_iter_runner_resume_continues_exactly(tmp_path):
     assert torch.equal(resumed.model.fc.weight, straight.model.fc.weight)
 
 
+def test_iter_runner_resume_keeps_the_fp16_loss_scale(tmp_path):
+    data = [torch.randn(3, 2)] * 8
+    runner = _iter_runner(tmp_path / 'a', 2)
+    runner.meta = dict(fp16=dict(loss_scaler=dict(scale=1024.0)))
+    runner.run([data], [('train', 2)])
+    resumed = _iter_runner(tmp_path / 'b', 4)
+    resumed.meta = dict(seed=3)
+    resumed.resume(str(tmp_path / 'a' / 'iter_2.pth'))
+    # Fp16OptimizerHook.before_run restores its GradScaler from here.
+    assert resumed.meta == dict(seed=3, fp16=dict(loss_scaler=dict(
+        scale=1024.0)))
+    fp32 = _iter_runner(tmp_path / 'c', 2)
+    fp32.run([data], [('train', 2)])
+    plain = _iter_runner(tmp_path / 'd', 4)
+    plain.meta = dict(seed=3)
+    plain.resume(str(tmp_path / 'c' / 'iter_2.pth'))
+    assert plain.meta == dict(seed=3)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
 def test_unpatched_iter_runner_resume_needs_cuda(tmp_path):
     from mmcv.runner import IterBasedRunner
@@ -281,6 +302,10 @@ def test_scatter_to_a_gpu_id_gets_its_copy_stream(monkeypatch):
     with pytest.raises(AttributeError, match="'int' object has no attribute"):
         torch_functions._get_stream(0)
     # Patched: the id names a CUDA device (no stream without one here).
+    assert _functions._get_stream._sar_patched
+    assert not compat._get_stream_takes_ids(torch_functions._get_stream)
+    assert compat._get_stream_takes_ids(  # torch < 2.1's behaviour: kept
+        lambda device: None if device == -1 else 'stream')
     assert _functions._get_stream(0) is None
     assert _functions._get_stream(torch.device('cpu')) is None
     # mmcv's Scatter.forward, as MMDataParallel calls it for a batch that
