@@ -54,6 +54,13 @@ FP16_HOOKS = {'OptimizerHook': 'Fp16OptimizerHook',
               'GradientCumulativeFp16OptimizerHook'}
 
 
+def _float_scale(settings):
+    # mmcv's fp16 hooks take 'dynamic', a dict or a float, not an int.
+    if isinstance(settings.get('loss_scale'), int):
+        settings['loss_scale'] = float(settings['loss_scale'])
+    return settings
+
+
 def resolve_fp16(cfg):
     """Make ``fp16 = dict(loss_scale=...)`` train in fp16, in place.
 
@@ -69,11 +76,15 @@ def resolve_fp16(cfg):
     Returns:
         str | None: what was changed, for the log.
     """
-    fp16 = dict(cfg.get('fp16') or {})
-    if isinstance(fp16.get('loss_scale'), int):
-        fp16['loss_scale'] = float(fp16['loss_scale'])  # mmcv takes floats
-    opt = dict(cfg.get('optimizer_config') or {})
+    fp16 = _float_scale(dict(cfg.get('fp16') or {}))
+    if fp16 and cfg.get('optimizer_config') is None:
+        raise ValueError(
+            f'fp16 = {fp16} is set but there is no optimizer_config, so no '
+            'optimizer hook steps the model: set optimizer_config = dict() '
+            '(mmseg\'s default) or drop fp16.')
+    opt = _float_scale(dict(cfg.get('optimizer_config') or {}))
     kind = opt.get('type', 'OptimizerHook')
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
     note = None
     if fp16 and 'Fp16' not in kind:
         if kind not in FP16_HOOKS:
@@ -84,7 +95,6 @@ def resolve_fp16(cfg):
         # The fp16 hooks do not take OptimizerHook's anomaly detection.
         opt.pop('detect_anomalous_params', None)
         opt.update(fp16, type=FP16_HOOKS[kind])
-        cfg.optimizer_config = opt
         kind = opt['type']
         note = (f'fp16 = {fp16}: optimizer_config is now {opt} (mmseg 0.30 '
                 'trains in fp16 through the optimizer hook only)')
@@ -93,18 +103,19 @@ def resolve_fp16(cfg):
             raise ValueError(
                 f'fp16 = {fp16} contradicts optimizer_config = {opt}: keep '
                 'the loss scale in one of them.')
-        missing = {k: v for k, v in fp16.items() if k not in opt}
-        if missing:
-            opt.update(missing)
-            cfg.optimizer_config = opt
+        if any(k not in opt for k in fp16):
+            opt = dict(fp16, **opt)
             note = f'fp16 = {fp16}: optimizer_config is now {opt}'
+    if cfg.get('optimizer_config') is not None:
+        cfg.optimizer_config = opt
     if 'Fp16' in kind and not torch.cuda.is_available():
+        where = ('drop fp16 and keep optimizer_config a plain OptimizerHook'
+                 if fp16 else f"set optimizer_config's type to "
+                 f"'{kind.replace('Fp16', '')}'")
         raise ValueError(
             f'fp16 training needs a CUDA device: mmcv\'s {kind} casts the '
             'images to half, which convolutions on the CPU do not take. '
-            'Train in fp32 here: drop fp16 and use '
-            "optimizer_config = dict(type='OptimizerHook') (or the "
-            "config's own without fp16).")
+            f'Train in fp32 here: {where}.')
     return note
 
 

@@ -382,11 +382,15 @@ def test_fp16_settings_that_cannot_work_are_refused(monkeypatch):
     both.optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.)
     with pytest.raises(ValueError, match='keep the loss scale in one'):
         resolve_fp16(both)
+    with pytest.raises(ValueError, match='no optimizer_config'):
+        resolve_fp16(Config(dict(fp16=dict(loss_scale='dynamic'))))
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    for cfg in (fp16_cfg(fp16=dict(loss_scale='dynamic')),
-                Config(dict(optimizer_config=dict(type='Fp16OptimizerHook')))):
+    for cfg, fix in (
+            (fp16_cfg(fp16=dict(loss_scale='dynamic')), 'drop fp16'),
+            (Config(dict(fp16=dict(), optimizer_config=dict(
+                type='Fp16OptimizerHook'))), "type to 'OptimizerHook'")):
         with pytest.raises(ValueError, match='fp16 training needs a CUDA '
-                           'device.*Train in fp32 here'):
+                           f'device.*Train in fp32 here: .*{fix}'):
             resolve_fp16(cfg)
 
 
@@ -400,6 +404,13 @@ def test_fp16_dict_fills_in_what_the_fp16_hook_lacks(monkeypatch):
     assert cfg.optimizer_config == dict(type='Fp16OptimizerHook',
                                         loss_scale=512.)
     assert isinstance(cfg.optimizer_config.loss_scale, float)
+    # An int already in the hook's settings, and the hook named by class.
+    from mmcv.runner import Fp16OptimizerHook
+    as_class = Config(dict(optimizer_config=dict(type=Fp16OptimizerHook,
+                                                 loss_scale=256)))
+    assert resolve_fp16(as_class) is None
+    assert as_class.optimizer_config.loss_scale == 256.
+    assert isinstance(as_class.optimizer_config.loss_scale, float)
     anomaly = Config(dict(fp16=dict(loss_scale='dynamic'), optimizer_config=dict(
         detect_anomalous_params=True, grad_clip=None)))
     resolve_fp16(anomaly)

@@ -189,3 +189,13 @@ def test_train_applies_multi_process_settings(prepared, tmp_path):
                   '--no-validate', script='train.py'))
     assert 'probe: cv2 threads 3, start method forkserver' in out
     assert osp.isfile(tmp_path / 'work' / 'iter_1.pth')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+def test_fp16_config_is_tested_in_fp32_without_cuda(prepared, tmp_path):
+    # mmcv's wrap_fp16_model would cast the images to half, which CPU
+    # convolutions refuse: "Input type (c10::Half) and bias type (float)".
+    out = ok(tool(prepared, tmp_path, '--eval', 'mIoU', '--cfg-options',
+                  'fp16.loss_scale=512.'))
+    assert 'fp16 is set but there is no CUDA device: testing in fp32' in out
+    assert metric_json(tmp_path, 'single')['metric']['mIoU'] >= 0

@@ -163,7 +163,13 @@ def main():
     model = accept_sar_checkpoints(
         build_segmentor(cfg.model, test_cfg=cfg.get('test_cfg')))
     if cfg.get('fp16', None) is not None:
-        wrap_fp16_model(model)
+        if torch.cuda.is_available():
+            wrap_fp16_model(model)
+        else:
+            # mmcv's fp16 casts the images to half, which convolutions on
+            # the CPU refuse: evaluate in fp32 here.
+            warnings.warn('fp16 is set but there is no CUDA device: '
+                          'testing in fp32')
     checkpoint = load_checkpoint(model, args.checkpoint, map_location='cpu')
     meta = checkpoint.get('meta', {})
     model.CLASSES = meta.get('CLASSES', dataset.CLASSES)
