@@ -205,3 +205,31 @@ def test_cpu_rehearsal_passes_every_step(tmp_path):
     assert set(ratios) == {'sar_gate_closed', 'sar_pull_active'}
     assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.txt',
                                        'logs.tar.gz', 'overhead.json']
+
+
+def test_a_terminated_check_stops_its_step_and_still_reports(tmp_path):
+    import signal
+    import time
+    out, work = tmp_path / 'out', tmp_path / 'work'
+    proc = subprocess.Popen(
+        [PY, 'tools/gpu_check.py', str(out), '--cpu', '--work-dir',
+         str(work), '--only', 'train_sar_fp32'], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    log = work / 'logs' / 'train_sar_fp32.log'
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert log.exists(), 'the training step never started'
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    report = json.loads((out / 'gpu_check.json').read_text())
+    assert list(report['steps']) == ['env', 'data']
+    assert report['interrupted'] and not report['passed']
+    assert 'FAILED' in (out / 'gpu_check.txt').read_text()
+    assert (out / 'logs.tar.gz').exists()
+    # The step's own process group (tools/train.py) is gone too.
+    left = subprocess.run(['pgrep', '-f', str(work)], capture_output=True,
+                          text=True).stdout.split()
+    assert left == []

@@ -69,11 +69,13 @@ if ! "$TPY" -c "import torch, torchvision, cv2, yaml, matplotlib, sys; sys.exit(
     "$PYTHON312" -m venv "$TWIN"
     "$TPY" -m pip --disable-pip-version-check -q install -r "$ROOT/requirements/device-twin.txt"
 fi
-[ "$(mmcv_wheel_tag "$TPY")" = "$TAG" ] || { echo "twin's tag is not $TAG" >&2; exit 1; }
+[ "$(CUDA_VISIBLE_DEVICES='' mmcv_wheel_tag "$TPY")" = "$TAG" ] \
+    || { echo "build_device_wheels: the twin's torch is not $TWIN_TORCH" >&2; exit 1; }
 
-# Keyed on its recipe: a change to requirements/device.txt or to this
-# script makes a new set (the mmcv-full wheel itself is cached by tag).
-KEY="$(cat "$ROOT/requirements/device.txt" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+# Keyed on its recipe: a change to the requirements, to the mmcv build or
+# to this script makes a new set (the mmcv-full wheel is cached by tag).
+KEY="$(cat "$ROOT"/requirements/device*.txt "$ROOT/tools/_mmcv_wheel.sh" \
+    "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
 SET="$WHEEL_CACHE/device/$TAG-$KEY"
 if [ ! -f "$SET/SHA256SUMS" ] || ! (cd "$SET" && sha256sum --quiet -c SHA256SUMS); then
     rm -rf "$SET"

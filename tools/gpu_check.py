@@ -177,6 +177,22 @@ def free_port():
         return str(s.getsockname()[1])
 
 
+def stop(proc):
+    """End a step's process group: TERM first, since torchrun starts its
+    workers in sessions of their own and ends them on TERM (within its own
+    30 s), which a KILL of the group would leave running."""
+    for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # ended by itself meanwhile
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_logged(args, log_path, limit, env=None):
     """Run ``args`` in ROOT, all output to ``log_path``; kill the whole
     process group after ``limit`` seconds. Returns (returncode or None on
@@ -192,16 +208,12 @@ def run_logged(args, log_path, limit, env=None):
         try:
             rc = proc.wait(timeout=max(limit, 1))
         except subprocess.TimeoutExpired:
-            # TERM first: torchrun starts its workers in sessions of their
-            # own and ends them on TERM; a KILL would leave them running.
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
             rc = None
             log.write(f'\n[gpu_check] stopped after {limit:.0f} s\n')
+        except BaseException:  # the check itself is stopped: so is the step
+            stop(proc)
+            raise
     return rc, round(time.monotonic() - start, 1)
 
 
@@ -395,6 +407,12 @@ print('ENV ' + json.dumps(info))
         self.record('data', seconds=round(time.monotonic() - start, 1),
                     checks=dict(written=True), results=self.data)
 
+    def fresh(self, name):
+        """An empty folder for a step (a reused --work-dir holds old logs)."""
+        path = osp.join(self.work, name)
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
     def config(self, name, src, **kwargs):
         return derive_config(src, osp.join(self.work, f'{name}.py'),
                              self.data['root'], self.sizes, **kwargs)
@@ -404,7 +422,7 @@ print('ENV ' + json.dumps(info))
             return
         cfg = self.config(name, src, iters=self.sizes['iters'],
                           batch=self.sizes['batch'], fp16=fp16)
-        work = osp.join(self.work, name)
+        work = self.fresh(name)
         ran = self.tool(name, [self.py, 'tools/train.py', cfg, '--work-dir',
                                work, '--no-validate'], 'train')
         if ran is None:
@@ -443,7 +461,7 @@ print('ENV ' + json.dumps(info))
                         skipped='no checkpoint from train_sar_fp32')
             return
         cfg, ckpt = self.sar_checkpoint
-        work = osp.join(self.work, 'test')
+        work = self.fresh('test')
         ran = self.tool('test', [self.py, 'tools/test.py', cfg, ckpt,
                                  '--eval', 'mIoU', '--work-dir', work],
                         'test')
@@ -475,7 +493,7 @@ print('ENV ' + json.dumps(info))
         cfg = self.config('dist_sar', PAPER_SAR, iters=iters,
                           batch=self.sizes['dist_batch'], probe=True,
                           gloo=True, load_from=start)
-        work = osp.join(self.work, 'dist_sar')
+        work = self.fresh('dist_sar')
         path = os.pathsep.join(
             p for p in (PROBE_PLUGINS, os.environ.get('PYTHONPATH')) if p)
         ran = self.tool('dist', ['bash', 'tools/dist_train.sh', cfg, '2',
@@ -511,8 +529,11 @@ print('ENV ' + json.dumps(info))
                 same_log_keys=r0['keys'] == r1['keys'],
                 sar_state_bit_identical=bool(shared) and not differ)
             if start:
+                # The counter is per rank (and compared above); the logged
+                # losses are means over the ranks.
                 checks['pull_ran_on_both_ranks'] = all(
-                    p > 0 for rank in pulls for p in rank)
+                    int(r['sar_state']['0.iters_since_init']) == iters
+                    for r in probes) and all(p > 0 for p in pulls[0])
             results = dict(
                 compared=shared, differing=differ,
                 started_from=start and 'train_sar_fp32 with S set',
@@ -557,6 +578,9 @@ print('ENV ' + json.dumps(info))
     def run(self):
         try:
             self.steps()
+        except BaseException:
+            self.report['interrupted'] = True
+            raise
         finally:
             code = self.finish()
         return code
@@ -596,7 +620,8 @@ print('ENV ' + json.dumps(info))
         self.report['elapsed_s'] = round(time.time() - self.started, 1)
         steps = self.report['steps']
         self.report['passed'] = bool(steps) and all(
-            s['ok'] for s in steps.values())
+            s['ok'] for s in steps.values()) and not self.report.get(
+                'interrupted')
         self.write()
         with tarfile.open(osp.join(self.out, 'logs.tar.gz'), 'w:gz') as tar:
             tar.add(self.logs, arcname='logs')
@@ -654,12 +679,16 @@ def format_report(report):
             if text:
                 lines += ['    | ' + t for t in text.splitlines()]
     lines += ['', f"{'PASSED' if report.get('passed') else 'FAILED'} in "
-              f"{report.get('elapsed_s')} s"]
+              f"{report.get('elapsed_s')} s"
+              + (' (interrupted)' if report.get('interrupted') else '')]
     return '\n'.join(lines) + '\n'
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # A TERM (a runner's time limit) ends the check through its finally:
+    # the running step is stopped and the report and logs are written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     check = Check(args)
     code = check.run()
     print(format_report(check.report), end='')

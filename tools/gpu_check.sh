@@ -53,7 +53,7 @@ else
 fi
 
 (cd "$WHEELS" && sha256sum --quiet -c SHA256SUMS)
-mapfile -t LISTED < <(awk '{print "'"$WHEELS"'/" $2}' "$WHEELS/SHA256SUMS")
+mapfile -t LISTED < <(awk -v dir="$WHEELS" '{print dir "/" $2}' "$WHEELS/SHA256SUMS")
 SITE="$(mktemp -d)"
 trap 'rm -rf "$SITE"' EXIT
 start=$SECONDS

@@ -73,8 +73,10 @@ if ! mmcv_ok; then
     TAG="$(mmcv_wheel_tag "$PY")"
     if [ "${TAG##*-}" != cpu ] && ! command -v nvcc >/dev/null; then
         log "CUDA device found but no nvcc: building CPU ops only"
-        TAG="${TAG%-*}-cpu"
         export FORCE_CUDA=0
+    fi
+    if [ "${FORCE_CUDA:-}" = 0 ]; then
+        TAG="${TAG%-*}-cpu"  # CPU ops only, whatever device is present
     fi
     CACHED="$WHEEL_CACHE/$TAG"
     WHL="$(ls "$CACHED"/mmcv_full-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
