@@ -120,8 +120,8 @@ def cuda_device_ids(device_ids):
     """The CUDA device of this rank, for DDP's ``device_ids``.
 
     mmseg 0.30 passes ``device_ids=[LOCAL_RANK]``, but mmcv's ``init_dist``
-    made device ``rank % device_count`` current, and ``model.cuda()`` put
-    the model there. The two differ with more ranks than GPUs (two gloo
+    made device ``rank % device_count`` current, and mmseg's ``build_ddp``
+    moved the model to the current device. The two differ with more ranks than GPUs (two gloo
     ranks sharing one GPU: rank 1 asked for a device that does not exist)
     and on nodes running fewer ranks than they have GPUs. DDP gets the
     device the model is on.
