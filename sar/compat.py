@@ -121,10 +121,10 @@ def cuda_device_ids(device_ids):
 
     mmseg 0.30 passes ``device_ids=[LOCAL_RANK]``, but mmcv's ``init_dist``
     made device ``rank % device_count`` current, and mmseg's ``build_ddp``
-    moved the model to the current device. The two differ with more ranks than GPUs (two gloo
-    ranks sharing one GPU: rank 1 asked for a device that does not exist)
-    and on nodes running fewer ranks than they have GPUs. DDP gets the
-    device the model is on.
+    moved the model to the current device. The two differ with more ranks
+    than GPUs (two gloo ranks sharing one GPU: rank 1 asked for a device
+    that does not exist) and on nodes running fewer ranks than they have
+    GPUs. DDP gets the device the model is on.
     """
     if device_ids is None:
         return None
@@ -134,7 +134,7 @@ def cuda_device_ids(device_ids):
 def build_ddp(model, device='cuda', *args, **kwargs):
     """mmseg's ``build_ddp`` plus a CPU branch (gloo, SyncBN reverted)."""
     if device != 'cpu':
-        if device == 'cuda' and kwargs.get('device_ids') is not None:
+        if device == 'cuda' and 'device_ids' in kwargs:
             kwargs['device_ids'] = cuda_device_ids(kwargs['device_ids'])
         return _ORIGINALS['build_ddp'](model, device, *args, **kwargs)
     from mmcv.cnn.utils import revert_sync_batchnorm
