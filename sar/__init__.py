@@ -1,32 +1,44 @@
 """Semantic Anchor Regularization (SAR) for mmsegmentation.
 
-``import sar`` registers ``SARHead`` and ``SemanticAnchorLoss`` into mmseg's
-registries (configs: ``custom_imports = dict(imports=['sar'])``) and applies
-the torch 2.x compatibility shims of :mod:`sar.compat`. Without mmseg
-installed only the plain-torch core, :mod:`sar.core`, is available.
+``import sar`` (what ``custom_imports = dict(imports=['sar'])`` runs)
+registers ``SARHead`` and ``SemanticAnchorLoss`` into the registries of the
+installed mmseg generation: :mod:`sar.mmseg0x` for mmseg 0.x (which also
+applies its torch 2.x shims). Without mmseg, the plain-torch layers are
+there alone: the method (:mod:`sar.core`), data generation
+(:mod:`sar.data`), evaluation (:mod:`sar.evaluation`) and checkpoint
+conversion (:mod:`sar.checkpoints`). Imports run one way: a generation's
+glue uses those layers, they never use a glue.
 """
 import importlib.util
 
 from . import core
 from .version import __version__
 
-__all__ = ['core', '__version__']
+__all__ = ['core', '__version__', 'mmseg_generation']
 
 
+def mmseg_generation():
+    """The major version of the importable mmseg (0 or 1), or None.
 
-def _mmseg_installed():
+    Read from the module, not from package metadata: mmseg's forks install
+    the same ``mmseg`` under other distribution names.
+    """
     try:
-        return importlib.util.find_spec('mmseg') is not None
+        if importlib.util.find_spec('mmseg') is None:
+            return None
     except (ImportError, ValueError):
-        return False
+        return None
+    import mmseg
+    return int(mmseg.__version__.split('.')[0])
 
 
-if _mmseg_installed():
-    from . import compat
-
-    compat.check_versions()
-    compat.apply()
-    from .models import SARHead, SemanticAnchorLoss  # noqa: E402,F401
-    from . import datasets  # noqa: E402,F401  registers DigitScenesDataset
+_GENERATION = mmseg_generation()
+if _GENERATION == 0:
+    from .mmseg0x import SARHead, SemanticAnchorLoss  # noqa: E402
 
     __all__ += ['SARHead', 'SemanticAnchorLoss']
+elif _GENERATION is not None:
+    raise ImportError(
+        f'sar: mmseg {_GENERATION}.x is installed; this version of sar '
+        'registers its heads for mmseg 0.30 only. Install mmsegmentation '
+        '0.30.0 (make install builds such an environment).')

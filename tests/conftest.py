@@ -19,7 +19,7 @@ def _few_threads():
 
 @pytest.fixture(scope='session')
 def shapes_root(tmp_path_factory):
-    from sar.datasets import make_shapes_dataset
+    from sar.data import make_shapes_dataset
     root = tmp_path_factory.mktemp('shapes')
     return make_shapes_dataset(str(root), num_train=8, num_val=4, size=32)
 

@@ -1,5 +1,6 @@
-"""sar.analysis (feature metrics, PCA, plot, feature collection) and
-tools/analyze_features.py end to end on a 2-iteration checkpoint."""
+"""sar.evaluation.features (feature metrics, PCA, plot),
+sar.mmseg0x.features (feature collection) and tools/analyze_features.py end
+to end on a 2-iteration checkpoint."""
 import json
 import math
 import os.path as osp
@@ -11,9 +12,10 @@ from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.utils import Config
 
 from conftest import DEMO_BASELINE, DEMO_SAR
-from sar.analysis import (collect_features, feature_stats, inner_decode_head,
-                          labels_at_features, pca_2d, pca_project, plot_pca,
-                          semantic_anchors)
+from sar.evaluation.features import (feature_stats, inner_decode_head,
+                                     labels_at_features, pca_2d, pca_project,
+                                     plot_pca, semantic_anchors)
+from sar.mmseg0x.features import collect_features
 from test_tools import PY, run, write_config
 
 IGNORE = 255
@@ -382,7 +384,7 @@ def test_analyze_features_tool_marks_set_anchors(sar_checkpoint):
 
 def test_analyze_features_tool_on_a_plain_checkpoint(sar_checkpoint,
                                                      sar_result, shapes_root):
-    from sar.export import sar_to_plain_state_dict
+    from sar.checkpoints import sar_to_plain_state_dict
     tmp, _, ckpt = sar_checkpoint
     checkpoint = torch.load(ckpt, weights_only=False)
     checkpoint['state_dict'] = sar_to_plain_state_dict(

@@ -1,4 +1,4 @@
-"""Each torch 2.x shim of sar.compat: it is needed, and it works."""
+"""Each torch 2.x shim of sar.mmseg0x.compat: it is needed, and it works."""
 import os
 import socket
 
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from mmcv.runner import load_checkpoint, save_checkpoint
 
-from sar import compat
+from sar.mmseg0x import compat
 
 
 def free_port():

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from sar.report import (class_iou, comparison_table, gate_summary,
+from sar.evaluation.report import (class_iou, comparison_table, gate_summary,
                         read_train_log, summary_line)
-from sar.visualize import colorize, comparison_figure
+from sar.evaluation.visualize import colorize, comparison_figure
 
 
 def load_demo():

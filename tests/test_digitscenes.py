@@ -15,7 +15,7 @@ from mmcv.utils import Config
 from PIL import Image
 
 from conftest import ROOT
-from sar.datasets import (DIGITSCENES_CLASSES, head_tail_classes, load_glyphs,
+from sar.data import (DIGITSCENES_CLASSES, head_tail_classes, load_glyphs,
                           longtail_counts, make_digitscenes, split_glyphs)
 
 ARGS = dict(num_train=100, num_val=20, size=48, digits_per_scene=3,
@@ -178,9 +178,9 @@ class Hide:
         if name.split('.')[0] in ('mmseg', 'mmcv', 'sklearn', 'matplotlib'):
             raise ImportError('hidden')
 sys.meta_path.insert(0, Hide())
-import sar.datasets
-assert not hasattr(sar.datasets, 'DigitScenesDataset')
-assert sar.datasets.longtail_counts(3, 1.0, 3).tolist() == [1, 1, 1]
+import sar.data
+assert not hasattr(sar.data, 'DigitScenesDataset')
+assert sar.data.longtail_counts(3, 1.0, 3).tolist() == [1, 1, 1]
 print('datasets-only ok')
 '''
     run = subprocess.run([sys.executable, '-c', code], capture_output=True,

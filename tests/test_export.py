@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from sar.export import (is_sar_state_dict, official_to_sar_state_dict,
+from sar.checkpoints import (is_sar_state_dict, official_to_sar_state_dict,
                         sar_to_plain_state_dict)
 
 
@@ -339,7 +339,7 @@ def test_read_checkpoint_refuses_arbitrary_objects(tmp_path):
     import argparse
     import pickle
 
-    from sar.export import read_checkpoint
+    from sar.checkpoints import read_checkpoint
     path = tmp_path / 'odd.pth'
     torch.save(dict(meta=dict(args=argparse.Namespace(lr=0.01)),
                     state_dict={}), path)

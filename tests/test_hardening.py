@@ -8,7 +8,7 @@ from mmcv.utils import Config
 from mmseg.models import build_head
 
 from sar.core import SemanticAnchorRegularizer
-from sar.runtime import check_custom_imports
+from sar.mmseg0x.runtime import check_custom_imports
 
 from test_sar_head import fcn_cfg, inputs, sar_head
 
@@ -341,7 +341,7 @@ def fp16_cfg(**entries):
 
 
 def test_fp16_dict_turns_the_optimizer_hook_to_fp16(monkeypatch):
-    from sar.runtime import resolve_fp16
+    from sar.mmseg0x.runtime import resolve_fp16
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     cfg = fp16_cfg(fp16=dict(loss_scale='dynamic'))
     note = resolve_fp16(cfg)
@@ -372,7 +372,7 @@ def test_fp16_dict_turns_the_optimizer_hook_to_fp16(monkeypatch):
 
 
 def test_fp16_settings_that_cannot_work_are_refused(monkeypatch):
-    from sar.runtime import resolve_fp16
+    from sar.mmseg0x.runtime import resolve_fp16
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     odd = Config(dict(fp16=dict(loss_scale=512.),
                       optimizer_config=dict(type='MyOwnHook')))
@@ -395,7 +395,7 @@ def test_fp16_settings_that_cannot_work_are_refused(monkeypatch):
 
 
 def test_fp16_dict_fills_in_what_the_fp16_hook_lacks(monkeypatch):
-    from sar.runtime import resolve_fp16
+    from sar.mmseg0x.runtime import resolve_fp16
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     cfg = Config(dict(fp16=dict(loss_scale=512),
                       optimizer_config=dict(type='Fp16OptimizerHook')))

@@ -8,7 +8,7 @@ from mmseg.models import build_head, build_loss, build_segmentor
 from mmseg.models.builder import HEADS, LOSSES
 
 from conftest import DEMO_BASELINE, DEMO_SAR, tiny_batch
-from sar.export import sar_to_plain_state_dict
+from sar.checkpoints import sar_to_plain_state_dict
 
 SAR_KEYS = {'loss_sar_pull', 'loss_sar_anchor_ce', 'sar.anchor_acc',
             'sar.gate_open', 'sar.iters_since_init', 'sar.anchor_max_cos',
@@ -418,7 +418,7 @@ def test_prototype_ablation_is_a_config_switch():
 def test_sar_checkpoint_loads_into_a_plain_model_through_the_tools_hook(
         tmp_path):
     from mmcv.runner import load_checkpoint, save_checkpoint
-    from sar.runtime import accept_sar_checkpoints
+    from sar.mmseg0x.runtime import accept_sar_checkpoints
     _, sar_model = build_pair()
     path = str(tmp_path / 'sar.pth')
     save_checkpoint(sar_model, path)

@@ -150,7 +150,7 @@ def test_dist_test_matches_single_process(tmp_path, shapes_root):
 
 
 def test_resume_equals_straight_run(tmp_path):
-    from sar.datasets import make_shapes_dataset
+    from sar.data import make_shapes_dataset
     # One training image, no flip: every iteration sees the same batch, so
     # the data order cannot differ between the two runs.
     root = make_shapes_dataset(str(tmp_path / 'one'), num_train=1,

@@ -1,8 +1,8 @@
 """Compactness, separability and a PCA picture of a model's decode features.
 
 For any trained segmentor (SAR or plain) and the val split of its config:
-the pixel features its classifier reads (see sar.analysis.collect_features),
-their compactness (mean distance to the class mean over the mean distance
+the pixel features its classifier reads (see
+sar.mmseg0x.features.collect_features), their compactness (mean distance to the class mean over the mean distance
 between class means; lower is tighter) and separability (smallest distance
 between two class means), and a 2-D PCA scatter coloured by class, with
 SAR's semantic anchors as stars when the model has them. Writes
@@ -22,9 +22,11 @@ from mmcv.runner import CheckpointLoader, load_state_dict
 from mmcv.utils import Config, DictAction
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.analysis import (collect_features, feature_stats, inner_decode_head,
-                          pca_2d, pca_project, plot_pca, semantic_anchors)
-from sar.runtime import adapt_cfg_to_machine
+from sar.evaluation.features import (feature_stats, inner_decode_head,
+                                     pca_2d, pca_project, plot_pca,
+                                     semantic_anchors)
+from sar.mmseg0x.features import collect_features
+from sar.mmseg0x.runtime import adapt_cfg_to_machine
 
 
 def parse_args():

@@ -163,8 +163,8 @@ def one_run(method, seed, args, data_root, threads):
 
 def collect(run, classes, head, tail):
     """One run's row: mmseg's IoU, the gate, the feature statistics."""
-    from sar.benchmark import seed_row
-    from sar.report import gate_summary, read_train_log
+    from sar.evaluation.benchmark import seed_row
+    from sar.evaluation.report import gate_summary, read_train_log
     with open(run['eval']) as f:
         row = seed_row(json.load(f)['metric'], classes, head, tail)
     with open(run['features']) as f:
@@ -197,7 +197,7 @@ COLUMNS = [('mIoU', 'mIoU'), ('head', 'head IoU'), ('tail', 'tail IoU'),
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    from sar.datasets import (DIGITSCENES_CLASSES, head_tail_classes,
+    from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
                               make_digitscenes)
     data_root = osp.join(args.work_dir, 'smoke_data') if args.smoke else DATA
     meta = make_digitscenes(osp.join(ROOT, data_root),
@@ -214,7 +214,7 @@ def main(argv=None):
         runs = list(pool.map(
             lambda job: one_run(*job, args, data_root, threads), jobs))
 
-    from sar.benchmark import (class_iou_bars, markdown_table, side_by_side,
+    from sar.evaluation.benchmark import (class_iou_bars, markdown_table, side_by_side,
                                summarize_seeds)
     rows = {m: [] for m in args.methods}
     for run in runs:

@@ -64,7 +64,7 @@ from mmcv.runner import build_optimizer
 from mmcv.utils import Config
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.export import sar_to_plain_state_dict
+from sar.checkpoints import sar_to_plain_state_dict
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PAPER = ('configs/baseline/fcn_hr48_4xb4-160k_ade20k-512x512.py',

@@ -3,7 +3,7 @@
     python tools/convert_official.py THEIR_CKPT OUT_CKPT
 
 The result loads into the matching config of configs/sar/ (e.g. the
-HRNetV2-W48 FCN ones). See sar.export.official_to_sar_state_dict for the
+HRNetV2-W48 FCN ones). See sar.checkpoints.official_to_sar_state_dict for the
 key mapping; unknown keys stop the conversion with their names.
 """
 import _venv  # first: re-runs under .venv if needed
@@ -13,7 +13,7 @@ import pickle
 import sys
 
 _venv.import_sar_torch_only()
-from sar.export import (  # noqa: E402
+from sar.checkpoints import (  # noqa: E402
     official_to_sar_state_dict, read_checkpoint, save_new_checkpoint)
 
 

@@ -58,7 +58,7 @@ def start_training(config, work_dir, args, threads):
 
 def logged_iter(work_dir):
     """The last iteration mmseg's json log of ``work_dir`` has reached."""
-    from sar.report import read_train_log
+    from sar.evaluation.report import read_train_log
     logs = glob.glob(osp.join(ROOT, work_dir, '*.log.json'))
     entries = read_train_log(logs[0]) if logs else []
     return entries[-1]['iter'] if entries else 0
@@ -129,8 +129,8 @@ def picture(names, work_dirs, out_file):
     from mmseg.apis import inference_segmentor, init_segmentor
     from PIL import Image
 
-    from sar.datasets import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
-    from sar.visualize import comparison_figure
+    from sar.data import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
+    from sar.evaluation.visualize import comparison_figure
     root = osp.join(ROOT, DATA)
     paths = [osp.join(root, 'img_dir', 'val', n) for n in names]
     images = [np.asarray(Image.open(p).convert('RGB')) for p in paths]
@@ -166,9 +166,9 @@ def main():
     args = parser.parse_args()
     start = time.time()
 
-    from sar.datasets import (DIGITSCENES_CLASSES, head_tail_classes,
+    from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
                               make_digitscenes)
-    from sar.report import (comparison_table, gate_summary, read_train_log,
+    from sar.evaluation.report import (comparison_table, gate_summary, read_train_log,
                             summary_line)
     print(f'[demo] DigitScenes-LT in {DATA} (written once)', flush=True)
     meta = make_digitscenes(osp.join(ROOT, DATA))

@@ -14,7 +14,7 @@ import pickle
 import sys
 
 _venv.import_sar_torch_only()
-from sar.export import (  # noqa: E402
+from sar.checkpoints import (  # noqa: E402
     sar_to_plain_state_dict, read_checkpoint, save_new_checkpoint)
 
 

@@ -143,7 +143,7 @@ def derive_config(src, dst, data_root, sizes, iters, batch, fp16=False,
         dict(type='TextLoggerHook', by_epoch=False)])
     if fp16:
         # As users of mixed precision write it; tools/train.py turns it into
-        # mmseg 0.30's Fp16OptimizerHook (sar.runtime.resolve_fp16).
+        # mmseg 0.30's Fp16OptimizerHook (sar.mmseg0x.runtime.resolve_fp16).
         cfg.fp16 = dict(loss_scale='dynamic')
     if probe:
         cfg.custom_imports = dict(imports=['sar', 'sar_rank_probe'],

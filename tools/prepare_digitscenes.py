@@ -1,4 +1,4 @@
-"""Write DigitScenes-LT (sar.datasets.make_digitscenes) in mmseg's layout.
+"""Write DigitScenes-LT (sar.data.make_digitscenes) in mmseg's layout.
 
 Scenes of scikit-learn's real handwritten digits on textured backgrounds;
 long-tailed training split, balanced validation split. Needs scikit-learn
@@ -7,7 +7,7 @@ long-tailed training split, balanced validation split. Needs scikit-learn
 import argparse
 import time
 
-from sar.datasets import make_digitscenes
+from sar.data import make_digitscenes
 
 
 def parse_args():

@@ -1,4 +1,4 @@
-# The generated shapes data set (sar.datasets.make_shapes_dataset), 64x64.
+# The generated shapes data set (sar.data.make_shapes_dataset), 64x64.
 dataset_type = 'CustomDataset'
 data_root = 'data/shapes'
 classes = ('background', 'square', 'disc', 'bar')

@@ -17,7 +17,7 @@ as precisely as the head classes.
 Written in mmseg's CustomDataset layout (``img_dir/{split}/*.png``,
 ``ann_dir/{split}/*.png``) plus ``meta.json`` (the arguments, the glyph
 indices each split used, per-class instance and pixel counts); the
-``DigitScenesDataset`` class registered by :mod:`sar.datasets` carries the
+``DigitScenesDataset`` class each mmseg glue registers carries the
 class names and palette. Needs numpy, Pillow and (to read the glyphs)
 scikit-learn, which is imported lazily: it is a demo extra, not a runtime
 requirement of ``sar``.

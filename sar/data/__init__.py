@@ -1,15 +1,14 @@
 """Generated data sets: the tiny shapes set for smoke runs and DigitScenes-LT.
 
-The generators need numpy and Pillow only (DigitScenes-LT also reads
-scikit-learn's digits, imported when called). With mmseg installed, this
-package also registers ``DigitScenesDataset`` in mmseg's DATASETS.
+numpy and Pillow only (DigitScenes-LT also reads scikit-learn's digits,
+imported when called); nothing here imports mmcv or mmseg. Each mmseg
+generation's glue registers the dataset class that reads them.
 """
-from .. import _mmseg_installed
 from .digitscenes import (DIGITSCENES_CLASSES, DIGITSCENES_PALETTE,
                           head_tail_classes, load_glyphs, longtail_counts,
                           make_digitscenes, render_scene, split_glyphs,
                           texture)
-from .synthetic import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
+from .shapes import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
 
 __all__ = [
     'make_shapes_dataset', 'SHAPES_CLASSES', 'SHAPES_PALETTE',
@@ -17,9 +16,3 @@ __all__ = [
     'load_glyphs', 'split_glyphs', 'longtail_counts', 'texture',
     'render_scene', 'head_tail_classes'
 ]
-
-
-if _mmseg_installed():
-    from .digitscenes_dataset import DigitScenesDataset  # noqa: E402
-
-    __all__ += ['DigitScenesDataset']

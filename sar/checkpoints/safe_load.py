@@ -6,7 +6,8 @@ data set without one, EvalHook's best score), which the weights-only
 unpickler refuses. We allow exactly numpy's array/scalar reconstructors and
 dtypes, and keep the weights-only loader (no arbitrary code) for everything
 else. Needs torch and numpy only: the export tools use it where no mmseg is
-installed, and :mod:`sar.compat` registers the same list for mmcv's loader.
+installed, and :mod:`sar.mmseg0x.compat` registers the same list for
+mmcv's loader.
 """
 import torch
 

@@ -5,8 +5,8 @@ through tools/train.py, evaluates with tools/test.py and measures features
 with tools/analyze_features.py; this module turns those outputs into
 mean +- std over seeds, a markdown table and figures. Nothing here computes
 a metric from predictions or features: per-class IoU and mIoU are mmseg's
-(read through :func:`sar.report.class_iou`), compactness and separability
-are :func:`sar.analysis.feature_stats`'s. Plain Python and numpy;
+(read through :func:`sar.evaluation.report.class_iou`), compactness and separability
+are :func:`sar.evaluation.features.feature_stats`'s. Plain Python and numpy;
 matplotlib is imported by the plotting functions alone.
 
 Shape shorthand: M methods, K classes, S seeds, H x W pixels of a picture.
@@ -59,12 +59,12 @@ def seed_row(metric, classes, head, tail):
             ``tail``.
 
     Returns:
-        dict: ``iou`` (class -> IoU in percent, :func:`sar.report.class_iou`;
+        dict: ``iou`` (class -> IoU in percent, :func:`sar.evaluation.report.class_iou`;
         NaN where mmseg has none), ``head`` and ``tail`` (means of those
         classes' IoU, NaN classes left out as mmseg's mIoU leaves them) and
         ``mIoU`` (mmseg's, in percent).
     """
-    from sar.report import class_iou
+    from .report import class_iou
     iou = class_iou(metric, classes)
 
     def mean_of(names):

@@ -17,8 +17,8 @@ import zipfile
 
 import torch
 
-from .checkpoint_safety import allow_numpy_in_checkpoints
-from .version import SUPPORTED
+from ..checkpoints.safe_load import allow_numpy_in_checkpoints
+from ..version import SUPPORTED
 
 INSTALL_HINT = ('make install (or tools/setup_env.sh) builds a supported '
                 'environment: torch 2.14.1, mmcv-full 1.7.2 from source, '
@@ -166,7 +166,7 @@ def _patch_build_ddp():
 # random PALETTE of a custom dataset without one, and EvalHook's best score.
 # We allow exactly the numpy array/scalar reconstructors, keeping the
 # weights-only loader (no arbitrary code) for everything else. The list lives
-# in the torch-only sar.checkpoint_safety, which the export tools use alone;
+# in the torch-only sar.checkpoints.safe_load, which the export tools use alone;
 # apply() registers it for every loader in the process.
 
 

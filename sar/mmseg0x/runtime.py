@@ -175,12 +175,13 @@ def accept_sar_checkpoints(model):
     mmcv loads non-strictly and would leave a plain model's head random with
     only a warning (``tools/test.py`` with a baseline config, ``load_from``
     in one). For a model without SARHead, such a state dict is mapped to
-    the plain layout (:func:`sar.export.sar_to_plain_state_dict`) as it is
+    the plain layout (:func:`sar.checkpoints.sar_to_plain_state_dict`) as it is
     loaded. A model with SARHead takes both layouts already (SARHead's own
     load hook). Returns the model.
     """
-    from .export import is_sar_state_dict, sar_to_plain_state_dict
-    from .models import SARHead
+    from ..checkpoints.convert import (is_sar_state_dict,
+                                      sar_to_plain_state_dict)
+    from .sar_head import SARHead
     if any(isinstance(m, SARHead) for m in model.modules()):
         return model
 

@@ -1,16 +1,13 @@
-"""``DigitScenesDataset``: DigitScenes-LT in mmseg's dataset registry.
-
-Imported by :mod:`sar.datasets` only when mmseg is installed.
-"""
+"""``DigitScenesDataset``: DigitScenes-LT in mmseg 0.x's dataset registry."""
 from mmseg.datasets import DATASETS, CustomDataset
 
-from .digitscenes import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
+from ..data.digitscenes import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
 
 
 @DATASETS.register_module()
 class DigitScenesDataset(CustomDataset):
     """Scenes of handwritten digits written by
-    :func:`sar.datasets.make_digitscenes` (``tools/prepare_digitscenes.py``).
+    :func:`sar.data.make_digitscenes` (``tools/prepare_digitscenes.py``).
 
     Class 0 is background, class d + 1 the digit d; PNG images and label
     maps, nothing ignored but what a pipeline pads with 255.

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import torch
 
-from .checkpoint_safety import load_weights_only
+from .safe_load import load_weights_only
 
 _HEAD = re.compile(r'^(decode_head(?:\.\d+)?)\.head\.(.+)$')
 _SAR = re.compile(r'^decode_head(?:\.\d+)?\.sar_loss\.')

@@ -1,0 +1,240 @@
+"""How SAR wraps a decode head, the same for every mmseg generation.
+
+Plain torch: both generation glues (:mod:`sar.mmseg0x`, :mod:`sar.mmseg1x`)
+wrap a head built by their own registry and call these functions, so that
+the checks, refusals and the feature capture are one code, not one copy per
+generation.
+
+Shape shorthand: C classes, D the classifier's input channels, B batch,
+h x w the decode feature map.
+"""
+import contextlib
+import math
+
+from torch import nn
+
+# Norm types (mmcv's names, the same in mmcv 1.x and 2.x) that cannot
+# normalise the projector's (C, D, 1, 1) input, and why. BN/BN2d, SyncBN
+# and GN can.
+UNFIT_NORMS = {
+    'LN': 'normalises the last axis, not the channels',
+    'IN': 'normalises each anchor over its own 1x1 map (torch: "Expected '
+          'more than 1 spatial element")',
+    'IN1d': 'expects (N, C, L) input',
+    'IN2d': 'normalises each anchor over its own 1x1 map',
+    'IN3d': 'expects 5-d input',
+    'BN1d': 'expects (N, C) or (N, C, L) input',
+    'BN3d': 'expects 5-d input',
+}
+
+# What a segmentor and mmseg's tools read off a decode head (both
+# generations), forwarded by the wrapper to the wrapped head.
+FORWARDED = ('num_classes', 'out_channels', 'align_corners', 'ignore_index',
+             'threshold', 'channels', 'in_channels', 'in_index',
+             'input_transform', 'norm_cfg', 'conv_seg')
+
+
+def projector_norm_cfg(norm_cfg):
+    """The projector's norm config, refused at build time if unfit.
+
+    The projector feeds its norm layers (C, D, 1, 1) with the C anchors as
+    the batch: BN, SyncBN and GN fit; LN and IN (and 1-d/3-d BN) do not.
+
+    Args:
+        norm_cfg (dict | None): an mmcv norm config; None means BN.
+
+    Returns:
+        dict: a copy, ready for mmcv's ``build_norm_layer``.
+    """
+    norm_cfg = dict(norm_cfg or dict(type='BN'))
+    kind = norm_cfg['type']
+    if kind in UNFIT_NORMS:
+        raise ValueError(
+            f'SemanticAnchorLoss: norm_cfg type {kind!r} cannot serve the '
+            f'anchor projector: it {UNFIT_NORMS[kind]}. The projector '
+            'takes the wrapped head\'s norm_cfg unless told otherwise; set '
+            "sar_loss=dict(norm_cfg=dict(type='BN')) (or 'SyncBN' under "
+            "DDP, or 'GN')")
+    return norm_cfg
+
+
+def check_loss_settings(loss_weight, loss_name):
+    """Refuse a loss weight or key prefix that mmseg would mishandle."""
+    if not (math.isfinite(loss_weight) and loss_weight >= 0):
+        raise ValueError(
+            f'SemanticAnchorLoss: loss_weight must be a finite number '
+            f'>= 0, got {loss_weight}; 1.0 keeps the paper\'s weights')
+    if not loss_name.startswith('loss_'):
+        raise ValueError(
+            f"SemanticAnchorLoss: loss_name must start with 'loss_' for "
+            f'mmseg to optimise it, got {loss_name!r}')
+
+
+def loss_outputs(out, loss_name, loss_weight):
+    """The regularizer's outputs as mmseg loss entries and diagnostics.
+
+    ``<loss_name>_pull`` and ``<loss_name>_anchor_ce`` are losses (present
+    in every iteration); the diagnostics' names lack "loss", so that mmseg
+    (both generations) logs them without adding them to the total.
+    """
+    return {
+        f'{loss_name}_pull': loss_weight * out['pull'],
+        f'{loss_name}_anchor_ce': loss_weight * out['anchor_ce'],
+        'sar.anchor_acc': out['anchor_acc'],
+        'sar.gate_open': out['gate_open'],
+        'sar.iters_since_init': out['iters_since_init'],
+        'sar.anchor_max_cos': out['anchor_max_cos'],
+        'sar.nonfinite': out['nonfinite'],
+    }
+
+
+def refuse_nested(head_cfg, wrapper_name='SARHead'):
+    """A model takes SAR once: refuse a SARHead config inside another."""
+    kind = dict(head_cfg).get('type')
+    if kind == wrapper_name or getattr(kind, '__name__', None) == wrapper_name:
+        raise TypeError(
+            'SARHead cannot wrap another SARHead: a model takes SAR once. '
+            "Give the inner head's config as `head` (in a config over a "
+            'SAR config, use the base model\'s decode_head.head)')
+
+
+def check_wrappable(head, base_class):
+    """Refuse a head SAR cannot read features from or classify anchors with.
+
+    Args:
+        head (nn.Module): the built decode head.
+        base_class (type): the generation's ``BaseDecodeHead``; the head
+            must derive from it and keep its ``cls_seg``.
+    """
+    kind = type(head).__name__
+    has_classifier = isinstance(getattr(head, 'conv_seg', None), nn.Conv2d)
+    plain_cls_seg = getattr(type(head), 'cls_seg', None) is \
+        base_class.cls_seg
+    if not (isinstance(head, base_class) and has_classifier
+            and plain_cls_seg):
+        raise TypeError(
+            f'SARHead cannot wrap {kind}: SAR classifies its anchors with the '
+            'head\'s 1x1 classifier `conv_seg` and reads features through '
+            'BaseDecodeHead.cls_seg, which this head '
+            + ('does not have' if not has_classifier else 'overrides') +
+            '. Supported: heads derived from mmseg BaseDecodeHead that '
+            'classify pixels with `cls_seg`/`conv_seg` (FCN, PSP, ASPP, '
+            'DepthwiseSeparableASPP, UPer, OCR, SegFormer, ...). For '
+            'CascadeEncoderDecoder wrap the last head of the list.')
+    if head.out_channels != head.num_classes:
+        raise ValueError(
+            f'SARHead cannot wrap {kind} with out_channels='
+            f'{head.out_channels} != num_classes={head.num_classes}: the '
+            'anchors need one classifier output per class; set '
+            'out_channels=num_classes (softmax segmentation).')
+
+
+def loss_cfg_for_head(sar_loss, head):
+    """``sar_loss`` with the settings that must be the head's filled in.
+
+    ``num_classes``, ``channels`` (the classifier's input) and
+    ``ignore_index`` are the head's: the head's pixels and SAR's are the
+    same pixels. A value given that disagrees is refused; ``norm_cfg``
+    defaults to the head's.
+
+    Args:
+        sar_loss (dict): the ``SemanticAnchorLoss`` config.
+        head (nn.Module): the built decode head.
+
+    Returns:
+        dict: a new config.
+    """
+    sar_loss = dict(sar_loss)
+    ignore = head.ignore_index
+    for key, value in (('num_classes', head.num_classes),
+                       ('channels', head.conv_seg.in_channels),
+                       ('ignore_index', -1 if ignore is None else ignore)):
+        if key in sar_loss and sar_loss[key] != value:
+            raise ValueError(
+                f'SARHead: sar_loss.{key}={sar_loss[key]} disagrees with '
+                f'the wrapped {type(head).__name__} ({key} {value}); remove '
+                f'sar_loss.{key}: it is taken from the head')
+        sar_loss.setdefault(key, value)
+    sar_loss.setdefault('norm_cfg', getattr(head, 'norm_cfg', None))
+    return sar_loss
+
+
+@contextlib.contextmanager
+def capture_classifier_input(head):
+    """Record every feature map ``head.cls_seg`` classifies, while inside.
+
+    The feature is the one right before dropout and the classifier: what
+    SAR pulls. ``cls_seg`` is shadowed on the instance and restored on
+    exit, whatever happens inside.
+
+    Yields:
+        list: the (B, D, h, w) tensors, in call order.
+    """
+    captured = []
+    classify = head.cls_seg
+
+    def cls_seg(feat):
+        captured.append(feat)
+        return classify(feat)
+
+    head.cls_seg = cls_seg
+    try:
+        yield captured
+    finally:
+        del head.cls_seg
+
+
+def last_feature(captured, head):
+    """The last captured feature map, or an error naming the head."""
+    if not captured:
+        raise RuntimeError(
+            f'SARHead: {type(head).__name__} never called cls_seg in '
+            'training, so no features reached the SAR loss; this head is '
+            'not supported.')
+    return captured[-1]
+
+
+def classify_anchors(conv_seg, embedded):
+    """(C, D) embedded anchors -> (C, C) logits by the head's classifier.
+
+    The 1x1 classifier is called directly: no dropout on this path.
+    """
+    logits = conv_seg(embedded[:, :, None, None].to(conv_seg.weight.dtype))
+    return logits.flatten(1)
+
+
+def merge_losses(losses, sar_losses):
+    """Add SAR's entries to the head's; a key in both is refused."""
+    clash = set(sar_losses) & set(losses)
+    if clash:
+        raise KeyError(f'SARHead: loss keys {sorted(clash)} exist in the '
+                       'wrapped head too; set sar_loss.loss_name')
+    losses.update(sar_losses)
+    return losses
+
+
+def wrap_plain_head_keys(state_dict, prefix, local_metadata, strict,
+                         missing_keys, unexpected_keys, error_msgs):
+    """Load-state-dict pre-hook: a plain head's keys moved under ``head.``.
+
+    A checkpoint of the same model without SAR (an mmseg zoo model, say)
+    holds the head as ``<prefix>conv_seg.weight`` etc.; in the wrapper it
+    lives under ``<prefix>head.``. Both generations load non-strictly and
+    would only warn, leaving the head random, so the keys are moved in
+    place (the same dict is passed on to the children). A checkpoint
+    already in this layout is left alone; the SAR state then stays as built.
+    """
+    ours = [k for k in state_dict if k.startswith(prefix)]
+    if not ours or any(k.startswith(f'{prefix}head.') for k in ours):
+        return
+    metadata = getattr(state_dict, '_metadata', None)
+    for key in ours:
+        rest = key[len(prefix):]
+        if rest.startswith('sar_loss.'):
+            continue
+        state_dict[f'{prefix}head.{rest}'] = state_dict.pop(key)
+    if metadata is not None:
+        for name in [n for n in metadata if n.startswith(prefix)]:
+            rest = name[len(prefix):]
+            if rest.split('.')[0] not in ('head', 'sar_loss'):
+                metadata[f'{prefix}head.{rest}'] = metadata[name]

@@ -1,4 +1,0 @@
-from .sar_head import SARHead
-from .sar_loss import SemanticAnchorLoss
-
-__all__ = ['SARHead', 'SemanticAnchorLoss']
