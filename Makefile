@@ -18,5 +18,8 @@ demo: install
 		$(PY) -m pip install -q -r requirements/demo.txt
 	$(PY) tools/demo.py
 
+# What `make demo` and the benchmarks wrote, and nothing else: every run of
+# tools/train.py lives under work_dirs/<config> and is the user's to delete.
 clean:
-	rm -rf work_dirs data/demo data/shapes data/digitscenes-lt .pytest_cache
+	rm -rf work_dirs/demo work_dirs/benchmark_accuracy data/shapes \
+		data/digitscenes-lt .pytest_cache
