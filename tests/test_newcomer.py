@@ -72,3 +72,36 @@ def test_readme_commands_work_as_typed(tmp_path, shapes_root, new_shell):
                 f'--work-dir {tmp_path / "dist_eval"}', env)
     assert 'mIoU' in out
     assert glob.glob(str(tmp_path / 'dist_eval' / 'eval_*.json'))
+
+
+@pytest.mark.parametrize('orig_argv', [
+    None,  # Python 3.8 and 3.9: no sys.orig_argv
+    ['/usr/bin/python3', '-u', 'tools/train.py', 'cfg.py', '--seed', '1'],
+])
+def test_a_python_without_torch_restarts_under_the_venv(
+        orig_argv, tmp_path, monkeypatch):
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        import _venv
+    finally:
+        sys.path.pop(0)
+    fake_venv_python = tmp_path / 'venv' / 'bin' / 'python'
+    fake_venv_python.parent.mkdir(parents=True)
+    fake_venv_python.touch()
+    monkeypatch.setattr(_venv, 'VENV_PYTHON', str(fake_venv_python))
+    monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails
+    monkeypatch.setattr(sys, 'argv', ['tools/train.py', 'cfg.py', '--seed',
+                                      '1'])
+    if orig_argv is None:
+        monkeypatch.delattr(sys, 'orig_argv', raising=False)
+    else:
+        monkeypatch.setattr(sys, 'orig_argv', orig_argv, raising=False)
+    calls = []
+    monkeypatch.setattr(_venv.os, 'execv',
+                        lambda path, argv: calls.append((path, argv)))
+    _venv.use_project_venv()
+    python = str(fake_venv_python)
+    expected = orig_argv[1:] if orig_argv else sys.argv
+    assert calls == [(python, [python, *expected])]
+    assert '-u' in calls[0][1] if orig_argv else calls[0][1][1] == \
+        'tools/train.py'

@@ -33,8 +33,18 @@ def use_project_venv():
                  'torch, mmcv-full and mmsegmentation into this Python).')
     print(f'{sys.executable} has no torch: running under {VENV_PYTHON}',
           file=sys.stderr)
-    # orig_argv keeps the interpreter's own options (-u, -X, -W).
-    os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.orig_argv[1:]])
+    os.execv(VENV_PYTHON, [VENV_PYTHON, *_arguments()])
+
+
+def _arguments():
+    """This process's command line after the interpreter.
+
+    ``sys.orig_argv`` (Python >= 3.10) keeps the interpreter's own options
+    (-u, -X, -W); older Pythons, a user's system python 3.8 or 3.9 among
+    them, have only ``sys.argv``: the script and its arguments.
+    """
+    orig = getattr(sys, 'orig_argv', None)
+    return orig[1:] if orig else sys.argv
 
 
 def import_sar_torch_only():
