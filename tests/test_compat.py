@@ -1,6 +1,8 @@
 """Each torch 2.x shim of sar.mmseg0x.compat: it is needed, and it works."""
+import errno
 import os
 import socket
+import stat
 
 import numpy as np
 import pytest
@@ -291,6 +293,40 @@ def test_unpatched_iter_runner_resume_needs_cuda(tmp_path):
     with pytest.raises((RuntimeError, AssertionError), match='NVIDIA|CUDA'):
         IterBasedRunner.resume.__wrapped__(_iter_runner(tmp_path, 4),
                                            str(tmp_path / 'iter_2.pth'))
+
+
+# Shim 6 --------------------------------------------------------------------
+
+@pytest.mark.parametrize('refused', ['open', 'fsync'])
+@pytest.mark.parametrize('error', [
+    PermissionError(errno.EACCES, 'Permission denied'),  # Windows
+    OSError(errno.EINVAL, 'Invalid argument'),  # some cluster/FUSE mounts
+])
+def test_a_refused_folder_fsync_does_not_stop_the_checkpoint(
+        tmp_path, monkeypatch, refused, error):
+    real_open, real_fsync = os.open, os.fsync
+    refusals = []
+
+    def open_refusing_folders(path, flags, *args, **kwargs):
+        if refused == 'open' and os.path.isdir(path):
+            refusals.append(path)
+            raise error
+        return real_open(path, flags, *args, **kwargs)
+
+    def fsync_refusing_folders(fd):
+        if refused == 'fsync' and stat.S_ISDIR(os.fstat(fd).st_mode):
+            refusals.append(fd)
+            raise error
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, 'open', open_refusing_folders)
+    monkeypatch.setattr(os, 'fsync', fsync_refusing_folders)
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(model, str(tmp_path / 'iter_1.pth'))
+    assert refusals, 'the folder fsync was not attempted'
+    loaded = torch.load(tmp_path / 'iter_1.pth', map_location='cpu')
+    assert torch.equal(loaded['state_dict']['weight'], model.weight)
+    assert sorted(os.listdir(tmp_path)) == ['iter_1.pth']  # no temp left
 
 
 # Shim 7 --------------------------------------------------------------------

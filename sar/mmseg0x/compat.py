@@ -283,14 +283,31 @@ def _replace_atomically(path, write):
             with open(tmp, 'rb+') as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _fsync_folder(folder)
     finally:
         if osp.lexists(tmp):
             os.remove(tmp)
+
+
+def _fsync_folder(folder):
+    """Flush a rename in ``folder`` to disk, where the system allows it.
+
+    POSIX file systems take an fsync of a folder opened read-only. Windows
+    refuses to open a folder so (PermissionError), and some cluster and
+    FUSE file systems answer EINVAL or ENOTSUP. The file is in place by
+    then: a refusal only means the rename may not yet be durable after a
+    node crash, which must not stop training.
+    """
+    try:
+        directory = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
 
 
 def _atomic_save_checkpoint(original):
