@@ -342,8 +342,19 @@ def test_scatter_to_a_gpu_id_gets_its_copy_stream(monkeypatch):
     assert not compat._get_stream_takes_ids(torch_functions._get_stream)
     assert compat._get_stream_takes_ids(  # torch < 2.1's behaviour: kept
         lambda device: None if device == -1 else 'stream')
-    assert _functions._get_stream(0) is None
-    assert _functions._get_stream(torch.device('cpu')) is None
+    assert _functions._get_stream.__wrapped__ is torch_functions._get_stream
+    # The decision, with a stand-in for torch's lookup (which, on a machine
+    # without CUDA, answers None for every device, so cannot show it): an
+    # id reaches torch as the CUDA device it names, a device as itself.
+    asked = []
+    stand_in = compat._ids_as_devices(
+        lambda device: asked.append(device) or f'stream of {device}')
+    assert stand_in(1) == 'stream of cuda:1'
+    assert stand_in(torch.device('cpu')) == 'stream of cpu'
+    assert asked == [torch.device('cuda', 1), torch.device('cpu')]
+    # torch's own lookup through the patch: no AttributeError for an id.
+    # Only the GPU check (tools/gpu_check.py) gets a real copy stream.
+    assert _functions._get_stream(0) is None or torch.cuda.is_available()
     # mmcv's Scatter.forward, as MMDataParallel calls it for a batch that
     # goes to GPU 0, gets past the stream lookup to the copy itself.
     calls = []

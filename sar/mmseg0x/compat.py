@@ -410,21 +410,26 @@ def _get_stream_takes_ids(get_stream):
         return False
 
 
+def _ids_as_devices(get_stream):
+    """``get_stream`` taking mmcv's integer GPU ids as the devices they name."""
+
+    @functools.wraps(get_stream)
+    def get_stream_of_id(device):
+        if isinstance(device, int):
+            device = torch.device('cuda', device)
+        return get_stream(device)
+
+    get_stream_of_id._sar_patched = True
+    return get_stream_of_id
+
+
 def _patch_get_stream():
     from mmcv.parallel import _functions
     original = _functions._get_stream
     if getattr(original, '_sar_patched', False) or _get_stream_takes_ids(
             original):
         return
-
-    @functools.wraps(original)
-    def get_stream(device):
-        if isinstance(device, int):
-            device = torch.device('cuda', device)
-        return original(device)
-
-    get_stream._sar_patched = True
-    _functions._get_stream = get_stream
+    _functions._get_stream = _ids_as_devices(original)
 
 
 def apply():
