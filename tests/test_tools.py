@@ -131,7 +131,7 @@ def test_dist_train_two_cpu_processes(tmp_path, shapes_root):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU/gloo path')
-def test_dist_test_matches_single_process(tmp_path, shapes_root):
+def test_dist_test_on_two_nodes_matches_single_process(tmp_path, shapes_root):
     cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
     work = str(tmp_path / 'work')
     run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
@@ -139,8 +139,26 @@ def test_dist_test_matches_single_process(tmp_path, shapes_root):
     single, dist = str(tmp_path / 'single'), str(tmp_path / 'dist')
     run([PY, 'tools/test.py', cfg, ckpt, '--eval', 'mIoU', '--work-dir',
          single])
-    run(['bash', 'tools/dist_test.sh', cfg, ckpt, '2', '--eval', 'mIoU',
-         '--work-dir', dist], PORT=free_port())
+    # Two "nodes" of one process each, as NNODES=2 runs them: each node has
+    # its own temp folder, as separate machines do; only the work dir is
+    # shared. Rank 0 must still read rank 1's results.
+    port = free_port()
+    nodes = []
+    for node in range(2):
+        node_tmp = tmp_path / f'node{node}_tmp'
+        node_tmp.mkdir()
+        nodes.append(subprocess.Popen(
+            ['bash', 'tools/dist_test.sh', cfg, ckpt, '1', '--eval', 'mIoU',
+             '--work-dir', dist], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONPATH=PLUGINS, PYTHON=PY,
+                     OMP_NUM_THREADS='1', NNODES='2', NODE_RANK=str(node),
+                     PORT=port, TMPDIR=str(node_tmp))))
+    for proc in nodes:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-5000:]
+    # The results' exchange folder is gone once rank 0 collected them.
+    assert [f for f in os.listdir(dist) if f.startswith('.dist')] == []
     metrics = []
     for d in (single, dist):
         (f, ) = glob.glob(osp.join(d, 'eval_*.json'))

@@ -9,7 +9,6 @@ import os
 import os.path as osp
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 
@@ -138,10 +137,10 @@ def main():
         if distributed:
             torch.distributed.barrier()  # every rank writes into it
 
+    # mmseg's names and place: work_dirs/<config name>/ by default.
+    work_dir = args.work_dir or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
     if rank == 0:
-        # mmseg's names and place: work_dirs/<config name>/ by default.
-        work_dir = args.work_dir or osp.join(
-            'work_dirs', osp.splitext(osp.basename(args.config))[0])
         mmcv.mkdir_or_exist(osp.abspath(work_dir))
         stamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
         scale = 'multi' if args.aug_test else 'single'
@@ -188,11 +187,16 @@ def main():
             format_args=eval_kwargs)
     else:
         tmpdir = args.tmpdir
-        if tmpdir is None and not args.gpu_collect and cfg.device == 'cpu':
+        own_tmpdir = (tmpdir is None and not args.gpu_collect
+                      and cfg.device == 'cpu')
+        if own_tmpdir:
             # mmcv makes and broadcasts a temporary directory through a CUDA
-            # tensor when none is given; give one on CPU.
-            tmpdir = osp.join(tempfile.gettempdir(),
-                              f'sar_dist_test_{os.environ["MASTER_PORT"]}')
+            # tensor when none is given; give one on CPU. Under the work
+            # dir, as mmcv's is under the working directory: every node of
+            # a multi-node run must reach it (a node-local temp folder
+            # hides the other nodes' parts from rank 0).
+            tmpdir = osp.join(work_dir,
+                              f'.dist_test_{os.environ["MASTER_PORT"]}')
         model = build_ddp(
             model, cfg.device,
             device_ids=[int(os.environ['LOCAL_RANK'])],
@@ -201,6 +205,9 @@ def main():
             model, data_loader, tmpdir, args.gpu_collect, False,
             pre_eval=pre_eval, format_only=format_only,
             format_args=eval_kwargs)
+        if own_tmpdir and rank == 0:
+            # mmcv removes it after collecting; a run it failed in may not.
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
     if rank == 0:
         if args.out:
