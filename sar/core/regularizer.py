@@ -154,6 +154,7 @@ class SemanticAnchorRegularizer(nn.Module):
         # on the anchors' device and read on the host only every few steps.
         # Not a buffer: mmcv's checkpoints save non-persistent ones too.
         self._collapse_steps = None
+        self._collapse_longest = None
         self._steps = 0
         self._collapse_warned = False
         if anchor_source == 'prototype':
@@ -217,6 +218,24 @@ class SemanticAnchorRegularizer(nn.Module):
         if self.training:
             self._watch_collapse(out['anchor_max_cos'])
         return out
+
+    def _collapsed(self, max_cos):
+        """Whether this step's anchors count as collapsed: bool () tensor.
+
+        The embedded anchors: nearly parallel (``max_cos`` above
+        ``collapse_cos``), since the classifier separates directions. The
+        prototypes: too close in the distance the pull uses. For 'cosine'
+        that is the same test. For 'mse' two prototypes may be parallel yet
+        far apart (features are non-negative, so their means often are):
+        they collapse when their smallest distance, over the prototypes'
+        mean norm, is below ``sqrt(2 (1 - collapse_cos))``, the distance
+        of two unit vectors at cosine ``collapse_cos``.
+        """
+        if self.anchor_source == 'embedded' or self.distance == 'cosine':
+            return max_cos > self.collapse_cos
+        ratio = min_pairwise_distance_ratio(self.semantic_anchors,
+                                            self.class_seen)
+        return ratio < math.sqrt(2 * (1 - self.collapse_cos))
 
     def _forward_embedded(self, feats, labels, classifier):
         if self.training:
@@ -304,33 +323,77 @@ class SemanticAnchorRegularizer(nn.Module):
             nonfinite=(~finite).float())
 
     def _watch_collapse(self, max_cos, every=10):
-        """Warn once when the anchors stay nearly parallel.
+        """Warn once when the anchors stay collapsed (see :meth:`_collapsed`).
 
         Counted on the device every step, read on the host every ``every``
-        steps, so training keeps no extra per-step synchronisation.
+        steps, so training keeps no extra per-step synchronisation. The
+        longest streak since the last read is kept, so a streak that ends
+        between two reads is still seen.
         """
-        over = max_cos > self.collapse_cos
+        over = self._collapsed(max_cos)
         if self._collapse_steps is None or \
                 self._collapse_steps.device != over.device:
             self._collapse_steps = torch.zeros((), dtype=torch.long,
                                                device=over.device)
+            self._collapse_longest = torch.zeros_like(self._collapse_steps)
         self._collapse_steps = torch.where(
             over, self._collapse_steps + 1,
             torch.zeros_like(self._collapse_steps))
+        self._collapse_longest = torch.maximum(self._collapse_longest,
+                                               self._collapse_steps)
         self._steps += 1
         if self._collapse_warned or self._steps % every:
             return
-        steps = int(self._collapse_steps)
+        steps = int(self._collapse_longest)
+        self._collapse_longest = self._collapse_steps.clone()
         if steps >= self.collapse_patience:
             self._collapse_warned = True
-            warnings.warn(
-                f'SAR: the anchors have had a pairwise cosine above '
-                f'{self.collapse_cos} for {steps} training steps (now '
-                f'{float(max_cos):.4f}): they are collapsing onto each other '
-                f'and no longer separate the classes. Check the learning '
-                f'rate and the anchor CE (sar.anchor_acc); '
-                f"anchor_init='etf' or 'orthogonal' starts them apart.",
-                RuntimeWarning)
+            warnings.warn(self._collapse_message(steps, max_cos),
+                          RuntimeWarning)
+
+    def _collapse_message(self, steps, max_cos):
+        if self.anchor_source == 'prototype':
+            measure = (f'a pairwise cosine above {self.collapse_cos}'
+                       if self.distance == 'cosine' else
+                       'a smallest pairwise distance below '
+                       f'{math.sqrt(2 * (1 - self.collapse_cos)):.3f} of '
+                       'their mean norm')
+            return (
+                f'SAR (prototype ablation): the class prototypes have had '
+                f'{measure} for {steps} training steps: they are merging, '
+                f'and the pull draws the classes\' features together. '
+                f'Prototypes follow the features, nothing keeps them apart '
+                f'(the collapse SAR\'s anchors are built against); a lower '
+                f'pull_weight slows it.')
+        return (
+            f'SAR: the anchors have had a pairwise cosine above '
+            f'{self.collapse_cos} for {steps} training steps (now '
+            f'{float(max_cos):.4f}): they are collapsing onto each other '
+            f'and no longer separate the classes. Check the learning '
+            f'rate and the anchor CE (sar.anchor_acc); '
+            f"anchor_init='etf' or 'orthogonal' starts them apart.")
+
+
+def min_pairwise_distance_ratio(anchors, present):
+    """Smallest distance between two present anchors over their mean norm.
+
+    Scale-free: 0 when two anchors coincide, about sqrt(2) for orthogonal
+    anchors of equal norm. With fewer than two present anchors (or all at
+    zero), ``inf``: nothing can collapse.
+
+    Shape:
+        anchors (C, D), present (C,) bool -> () float32 or wider.
+    """
+    x = anchors.float()
+    dist = torch.cdist(x[None], x[None])[0]
+    pair = ~torch.eye(dist.shape[0], dtype=torch.bool, device=dist.device)
+    pair &= present[:, None] & present[None, :]
+    inf = torch.full_like(dist, math.inf)
+    smallest = torch.where(pair, dist, inf).min()
+    weight = present.to(x.dtype)
+    mean_norm = (x.norm(dim=1) * weight).sum() / weight.sum().clamp(min=1)
+    return torch.where(mean_norm > 0, smallest / mean_norm.clamp(min=1e-12),
+                       torch.full_like(smallest, math.inf))
 
 
 def max_pairwise_cosine(anchors, present=None):
