@@ -138,6 +138,22 @@ def test_a_spent_budget_fails_the_check(tmp_path):
     assert 'FAIL env' in (tmp_path / 'out' / 'gpu_check.txt').read_text()
 
 
+def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
+    # Each step may use all of its own limit, and the GPU run fits the
+    # device's 600 s a command with room for the wheels' install.
+    check = gpu_check.Check(gpu_check.parse_args(
+        [str(tmp_path / 'out'), '--work-dir', str(tmp_path / 'work')]))
+    steps = []
+    check.guarded = lambda name, step: steps.append(name) or True
+    check.steps()
+    kinds = [n.split('_')[0] for n in steps if n not in ('env', 'data')]
+    limits = gpu_check.GPU['limits']
+    assert kinds.count('train') == gpu_check.TRAIN_STEPS
+    assert gpu_check.default_budget(gpu_check.GPU) == \
+        sum(limits[k] for k in kinds + ['env']) == 540
+    assert check.budget.left() == pytest.approx(540, abs=5)
+
+
 def test_shell_entry_says_what_is_missing(tmp_path):
     proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
                SAR_DEVICE_WHEELS=str(tmp_path / 'none'))

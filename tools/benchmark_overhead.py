@@ -23,7 +23,8 @@ baseline's state dict loaded into the SAR model, whose head sits under
   ``encode_decode`` before training.
 
 SAR is measured in two states: ``sar_gate_closed`` (fresh anchors, the gate
-shut, as in early training: the pull loss is computed and multiplied by 0)
+shut, as in early training: the projector, anchor CE, gate and EMA run;
+the pull is skipped and its loss is a constant zero)
 and ``sar_pull_active`` (``pull_mode='after_init'`` by config override and
 the semantic anchors forced set, so the pull loss acts in every step: the
 expensive case).
