@@ -14,8 +14,9 @@ from matplotlib.container import BarContainer
 from PIL import Image
 
 from conftest import ROOT
-from sar.evaluation.benchmark import (class_iou_bars, format_mean_std, markdown_table,
-                           mean_std, seed_row, side_by_side, summarize_seeds)
+from sar.evaluation.benchmark import (class_iou_bars, format_mean_std,
+                                      markdown_table, mean_std, seed_row,
+                                      side_by_side, summarize_seeds)
 
 TOOLS = osp.join(ROOT, 'tools')
 

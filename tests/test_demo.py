@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import ROOT
 from sar.evaluation.report import (class_iou, comparison_table, gate_summary,
-                        read_train_log, summary_line)
+                                   read_train_log, summary_line)
 from sar.evaluation.visualize import colorize, comparison_figure
 
 

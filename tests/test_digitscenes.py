@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import ROOT
 from sar.data import (DIGITSCENES_CLASSES, head_tail_classes, load_glyphs,
-                          longtail_counts, make_digitscenes, split_glyphs)
+                      longtail_counts, make_digitscenes, split_glyphs)
 
 ARGS = dict(num_train=100, num_val=20, size=48, digits_per_scene=3,
             imbalance_ratio=20.0, val_per_class=20, seed=3)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from sar.checkpoints import (is_sar_state_dict, official_to_sar_state_dict,
-                        sar_to_plain_state_dict)
+                             sar_to_plain_state_dict)
 
 
 def test_sar_to_plain_single_and_cascade():

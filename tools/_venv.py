@@ -52,8 +52,8 @@ def import_sar_torch_only():
 
     That file checks and patches mmseg/mmcv whenever mmseg is importable
     (an mmseg 1.x install makes it raise). The checkpoint tools move
-    tensors only and must run with torch alone, so they import ``sar.checkpoints``
-    from a package whose ``__init__`` is not executed.
+    tensors only and must run with torch alone, so they import
+    ``sar.checkpoints`` from a package whose ``__init__`` is not executed.
     """
     spec = importlib.util.spec_from_file_location(
         'sar', osp.join(ROOT, 'sar', '__init__.py'),

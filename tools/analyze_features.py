@@ -2,10 +2,11 @@
 
 For any trained segmentor (SAR or plain) and the val split of its config:
 the pixel features its classifier reads (see
-sar.mmseg0x.features.collect_features), their compactness (mean distance to the class mean over the mean distance
-between class means; lower is tighter) and separability (smallest distance
-between two class means), and a 2-D PCA scatter coloured by class, with
-SAR's semantic anchors as stars when the model has them. Writes
+sar.mmseg0x.features.collect_features), their compactness (mean distance
+to the class mean over the mean distance between class means; lower is
+tighter) and separability (smallest distance between two class means),
+and a 2-D PCA scatter coloured by class, with SAR's semantic anchors as
+stars when the model has them. Writes
 ``features.json`` and ``features_pca.png`` to --out-dir and prints the
 numbers.
 """

@@ -198,7 +198,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.time()
     from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
-                              make_digitscenes)
+                          make_digitscenes)
     data_root = osp.join(args.work_dir, 'smoke_data') if args.smoke else DATA
     meta = make_digitscenes(osp.join(ROOT, data_root),
                             **(SMOKE_DATA if args.smoke else {}))
@@ -214,8 +214,8 @@ def main(argv=None):
         runs = list(pool.map(
             lambda job: one_run(*job, args, data_root, threads), jobs))
 
-    from sar.evaluation.benchmark import (class_iou_bars, markdown_table, side_by_side,
-                               summarize_seeds)
+    from sar.evaluation.benchmark import (class_iou_bars, markdown_table,
+                                          side_by_side, summarize_seeds)
     rows = {m: [] for m in args.methods}
     for run in runs:
         rows[run['method']].append(

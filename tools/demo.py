@@ -167,9 +167,9 @@ def main():
     start = time.time()
 
     from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
-                              make_digitscenes)
-    from sar.evaluation.report import (comparison_table, gate_summary, read_train_log,
-                            summary_line)
+                          make_digitscenes)
+    from sar.evaluation.report import (comparison_table, gate_summary,
+                                       read_train_log, summary_line)
     print(f'[demo] DigitScenes-LT in {DATA} (written once)', flush=True)
     meta = make_digitscenes(osp.join(ROOT, DATA))
     print(f'[demo] train digits 0-9: {meta["train"]["instances"]} '

@@ -21,7 +21,7 @@ from mmcv.utils import DictAction
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
 from sar.mmseg0x.runtime import (accept_sar_checkpoints, add_common_args,
-                         load_config, parse_common_args)
+                                 load_config, parse_common_args)
 
 AUG_TEST_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 

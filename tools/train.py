@@ -17,7 +17,7 @@ from mmcv.utils import get_git_hash
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
 from sar.mmseg0x.runtime import (accept_sar_checkpoints, add_common_args,
-                         load_config, parse_common_args, resolve_fp16)
+                                 load_config, parse_common_args, resolve_fp16)
 
 
 def parse_args():

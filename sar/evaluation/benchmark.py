@@ -5,9 +5,9 @@ through tools/train.py, evaluates with tools/test.py and measures features
 with tools/analyze_features.py; this module turns those outputs into
 mean +- std over seeds, a markdown table and figures. Nothing here computes
 a metric from predictions or features: per-class IoU and mIoU are mmseg's
-(read through :func:`sar.evaluation.report.class_iou`), compactness and separability
-are :func:`sar.evaluation.features.feature_stats`'s. Plain Python and numpy;
-matplotlib is imported by the plotting functions alone.
+(read through :func:`sar.evaluation.report.class_iou`), compactness and
+separability are :func:`sar.evaluation.features.feature_stats`'s. Plain
+Python and numpy; matplotlib is imported by the plotting functions alone.
 
 Shape shorthand: M methods, K classes, S seeds, H x W pixels of a picture.
 IoU values are in percent; a missing value (a class absent from every
@@ -59,7 +59,8 @@ def seed_row(metric, classes, head, tail):
             ``tail``.
 
     Returns:
-        dict: ``iou`` (class -> IoU in percent, :func:`sar.evaluation.report.class_iou`;
+        dict: ``iou`` (class -> IoU in percent,
+        :func:`sar.evaluation.report.class_iou`;
         NaN where mmseg has none), ``head`` and ``tail`` (means of those
         classes' IoU, NaN classes left out as mmseg's mIoU leaves them) and
         ``mIoU`` (mmseg's, in percent).

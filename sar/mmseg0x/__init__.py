@@ -1,4 +1,4 @@
-"""The mmseg 0.x glue: everything of SAR that imports mmcv-full 1.x or mmseg 0.x.
+"""The mmseg 0.x glue: all of SAR that imports mmcv-full 1.x or mmseg 0.x.
 
 Importing it checks the versions, applies the torch 2.x shims of
 :mod:`.compat` and registers ``SARHead`` (HEADS), ``SemanticAnchorLoss``

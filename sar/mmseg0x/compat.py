@@ -166,8 +166,8 @@ def _patch_build_ddp():
 # random PALETTE of a custom dataset without one, and EvalHook's best score.
 # We allow exactly the numpy array/scalar reconstructors, keeping the
 # weights-only loader (no arbitrary code) for everything else. The list lives
-# in the torch-only sar.checkpoints.safe_load, which the export tools use alone;
-# apply() registers it for every loader in the process.
+# in the torch-only sar.checkpoints.safe_load, which the export tools use
+# alone; apply() registers it for every loader in the process.
 
 
 # --------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def _get_stream_takes_ids(get_stream):
 
 
 def _ids_as_devices(get_stream):
-    """``get_stream`` taking mmcv's integer GPU ids as the devices they name."""
+    """``get_stream`` taking mmcv's integer GPU ids as the CUDA devices."""
 
     @functools.wraps(get_stream)
     def get_stream_of_id(device):

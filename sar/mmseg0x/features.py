@@ -50,7 +50,7 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
     sample = None
     if max_pixels_per_class is not None:
         sample = ClassSample(max_pixels_per_class,
-                              torch.Generator().manual_seed(seed))
+                             torch.Generator().manual_seed(seed))
     all_feats, all_labels = [], []
     index = 0
     try:

@@ -180,7 +180,7 @@ def accept_sar_checkpoints(model):
     load hook). Returns the model.
     """
     from ..checkpoints.convert import (is_sar_state_dict,
-                                      sar_to_plain_state_dict)
+                                       sar_to_plain_state_dict)
     from .sar_head import SARHead
     if any(isinstance(m, SARHead) for m in model.modules()):
         return model
