@@ -150,8 +150,8 @@ def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
     limits = gpu_check.GPU['limits']
     assert kinds.count('train') == gpu_check.TRAIN_STEPS
     assert gpu_check.default_budget(gpu_check.GPU) == \
-        sum(limits[k] for k in kinds + ['env']) == 540
-    assert check.budget.left() == pytest.approx(540, abs=5)
+        sum(limits[k] for k in kinds + ['env']) == 560
+    assert check.budget.left() == pytest.approx(560, abs=5)
 
 
 def test_shell_entry_says_what_is_missing(tmp_path):
