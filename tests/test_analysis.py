@@ -12,9 +12,10 @@ from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.utils import Config
 
 from conftest import DEMO_BASELINE, DEMO_SAR
-from sar.evaluation.features import (feature_stats, inner_decode_head,
-                                     labels_at_features, pca_2d, pca_project,
-                                     plot_pca, semantic_anchors)
+from sar.evaluation.features import (anchor_source, feature_stats,
+                                     inner_decode_head, labels_at_features,
+                                     pca_2d, pca_project, plot_pca,
+                                     semantic_anchors)
 from sar.mmseg0x.features import collect_features
 from test_tools import PY, run, write_config
 
@@ -35,32 +36,46 @@ def reference_stats(feats, labels, num_classes, ignore_index):
     inter = sum(pairs.values()) / len(pairs)
     closest = min(pairs, key=pairs.get)
     return dict(intra=intra, inter=inter, compactness=intra / inter,
-                separability=pairs[closest], closest_pair=closest)
+                separability=pairs[closest],
+                separability_ratio=pairs[closest] / intra,
+                closest_pair=closest)
 
 
-# (features, labels, C, intra, inter, separability, closest pair), by hand.
+# (features, labels, C, intra, inter, separability, separability ratio,
+# closest pair), by hand.
 CLOSED_FORM = [
-    # Every feature on its class mean; means at (0, 0) and (3, 4).
-    ([[0, 0], [0, 0], [3, 4]], [0, 0, 1], 2, 0.0, 5.0, 5.0, (0, 1)),
-    # Means (0, 0) and (10, 0); distances to them 1, 1, 2, 2.
+    # Every feature on its class mean; means at (0, 0) and (3, 4): a gap
+    # of 5 over no spread at all.
+    ([[0, 0], [0, 0], [3, 4]], [0, 0, 1], 2, 0.0, 5.0, 5.0, math.inf,
+     (0, 1)),
+    # Means (0, 0) and (10, 0); distances to them 1, 1, 2, 2: ratio
+    # 10 / 1.5.
     ([[-1, 0], [1, 0], [10, 2], [10, -2]], [0, 0, 1, 1], 2, 1.5, 10.0,
-     10.0, (0, 1)),
+     10.0, 20 / 3, (0, 1)),
     # Three classes on a line at 0, 3 and 7: pairs 3, 7, 4.
-    ([[0, 0], [3, 0], [7, 0]], [0, 1, 2], 3, 0.0, 14 / 3, 3.0, (0, 1)),
+    ([[0, 0], [3, 0], [7, 0]], [0, 1, 2], 3, 0.0, 14 / 3, 3.0, math.inf,
+     (0, 1)),
     # Classes 1 and 3 absent; present means at (0, 0) and (0, 6); the four
-    # features of class 2 at distance 1 each: intra = 4 / 5.
+    # features of class 2 at distance 1 each: intra = 4 / 5, ratio 6 / 0.8.
     ([[0, 0], [0, 5], [0, 7], [1, 6], [-1, 6]], [0, 2, 2, 2, 2], 4, 0.8,
-     6.0, 6.0, (0, 2)),
+     6.0, 6.0, 7.5, (0, 2)),
+    # Three classes, means (0, 0), (4, 0), (0, 8), each a pair of features
+    # at distance 2 from it: the closest pair (0, 1) is 4 apart, ratio 2;
+    # pairs 4, 8, sqrt(80).
+    ([[0, 2], [0, -2], [2, 0], [6, 0], [-2, 8], [2, 8]], [0, 0, 1, 1, 2, 2],
+     3, 2.0, (12 + math.sqrt(80)) / 3, 4.0, 2.0, (0, 1)),
 ]
 
 
-@pytest.mark.parametrize('feats,labels,C,intra,inter,sep,pair', CLOSED_FORM)
-def test_closed_form_cases(feats, labels, C, intra, inter, sep, pair):
+@pytest.mark.parametrize('feats,labels,C,intra,inter,sep,ratio,pair',
+                         CLOSED_FORM)
+def test_closed_form_cases(feats, labels, C, intra, inter, sep, ratio, pair):
     out = feature_stats(torch.tensor(feats, dtype=torch.float32),
                         torch.tensor(labels), C, IGNORE)
     assert out['intra'] == pytest.approx(intra, abs=1e-12)
     assert out['inter'] == pytest.approx(inter, abs=1e-12)
     assert out['separability'] == pytest.approx(sep, abs=1e-12)
+    assert out['separability_ratio'] == pytest.approx(ratio, rel=1e-12)
     assert out['compactness'] == pytest.approx(intra / inter, abs=1e-12)
     assert out['closest_pair'] == pair
     counts = torch.bincount(torch.tensor(labels), minlength=C)
@@ -90,7 +105,8 @@ def test_matches_loop_reference(N, D, C, ignore_frac, seed):
     labels[torch.rand(N, generator=g) < ignore_frac] = IGNORE
     got = feature_stats(feats, labels, C, IGNORE)
     want = reference_stats(feats, labels, C, IGNORE)
-    for key in ('intra', 'inter', 'compactness', 'separability'):
+    for key in ('intra', 'inter', 'compactness', 'separability',
+                'separability_ratio'):
         assert got[key] == pytest.approx(want[key], rel=1e-12), key
     assert got['closest_pair'] == want['closest_pair']
     for c in range(C):
@@ -110,7 +126,8 @@ def test_ignored_pixels_take_no_part(ignore_index):
     noisy_feats = torch.cat([feats, torch.full((5, 4), 1e6)])
     noisy_labels = torch.cat([labels, torch.full((5, ), ignore_index)])
     noisy = feature_stats(noisy_feats, noisy_labels, 3, ignore_index)
-    for key in ('intra', 'inter', 'compactness', 'separability'):
+    for key in ('intra', 'inter', 'compactness', 'separability',
+                'separability_ratio'):
         assert noisy[key] == clean[key], key
     assert torch.equal(noisy['class_means'], clean['class_means'])
     assert torch.equal(noisy['class_counts'], clean['class_counts'])
@@ -122,9 +139,11 @@ def test_fewer_than_two_classes_give_nan_not_errors():
     assert one['intra'] == 0.0
     assert math.isnan(one['inter']) and math.isnan(one['separability'])
     assert math.isnan(one['compactness']) and one['closest_pair'] is None
+    assert math.isnan(one['separability_ratio'])
     none = feature_stats(torch.ones(2, 2), torch.full((2, ), IGNORE), 3,
                          IGNORE)
     assert math.isnan(none['intra']) and math.isnan(none['compactness'])
+    assert math.isnan(none['separability_ratio'])
     assert none['class_counts'].tolist() == [0, 0, 0]
 
 
@@ -132,6 +151,29 @@ def test_coinciding_class_means_give_infinite_compactness():
     out = feature_stats(torch.tensor([[-1.0], [1.0], [0.0]]).repeat(1, 2),
                         torch.tensor([0, 0, 1]), 2, IGNORE)
     assert out['separability'] == 0.0 and out['compactness'] == math.inf
+    assert out['separability_ratio'] == 0.0  # a spread, but no gap
+
+
+def test_one_point_per_class_on_one_spot_gives_nan_ratio():
+    out = feature_stats(torch.zeros(2, 2), torch.tensor([0, 1]), 2, IGNORE)
+    assert out['separability'] == 0.0 and out['intra'] == 0.0
+    assert math.isnan(out['separability_ratio'])
+
+
+@pytest.mark.parametrize('scale,shift', [(10.0, 0.0), (0.01, 3.0),
+                                         (-2.0, -5.0)])
+def test_separability_ratio_is_free_of_scale_and_shift(scale, shift):
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (60, ), generator=g)
+    base = feature_stats(feats, labels, 4, IGNORE)
+    moved = feature_stats(feats * scale + shift, labels, 4, IGNORE)
+    # The raw separability follows the scale; the ratio, like
+    # compactness, does not.
+    assert moved['separability'] == pytest.approx(
+        abs(scale) * base['separability'], rel=1e-10)
+    for key in ('separability_ratio', 'compactness'):
+        assert moved[key] == pytest.approx(base[key], rel=1e-10), key
 
 
 @pytest.mark.parametrize('labels', [[0, 3], [-2, 0]])
@@ -207,6 +249,56 @@ def test_plot_returns_a_figure_with_one_series_per_class(tmp_path):
     assert ax.get_title() == 't'
     fig.savefig(tmp_path / 'p.png')
     assert (tmp_path / 'p.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_plot_names_the_stars_and_keeps_the_legend_star_small():
+    anchors = np.array([[0.0, 0.0], [1.0, 1.0]])
+    fig = plot_pca(np.array([[0, 1], [1, 0]], float), np.array([0, 1]),
+                   ['a', 'b'], anchors=anchors, anchors_label='prototypes',
+                   point_size=1.0)
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ['a', 'b',
+                                                          'prototypes']
+    dots, star = legend.legend_handles[:2], legend.legend_handles[2]
+    assert star.get_marker() == '*'
+    # The star reads as a symbol, not a blot: at most twice the size of a
+    # class's dot and about the size of the legend's text.
+    assert star.get_markersize() <= 2 * dots[0].get_markersize()
+    assert star.get_markersize() <= 1.2 * legend.get_texts()[0].get_size()
+    # The class dots stay visible however small the pixels are drawn.
+    assert dots[0].get_markersize() >= 3
+
+
+@pytest.mark.parametrize('title', [
+    'sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py: decode features,'
+    ' PCA',
+    'x' * 150,
+])
+def test_plot_title_fits_the_figure(title):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = plot_pca(np.array([[0, 1], [1, 0]], float), np.array([0, 1]),
+                   title=title)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    box = ax.title.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    assert box.y1 <= fig.bbox.height
+    # Nothing of the title is lost: only line breaks were added (for a
+    # space, or after a - or _).
+    assert ''.join(ax.get_title().split()) == ''.join(title.split())
+    assert ax.get_title().count('\n') >= 1
+
+
+def test_plot_into_given_axes():
+    from matplotlib.figure import Figure
+    row = Figure(figsize=(8, 4))
+    left, right = row.subplots(1, 2)
+    got = plot_pca(np.array([[0, 1], [1, 0]], float), np.array([0, 1]),
+                   title='right panel', ax=right)
+    assert got is row
+    assert not left.collections and len(right.collections) == 2
+    assert right.get_title() == 'right panel'
 
 
 def test_plot_without_names_palette_or_anchors():
@@ -303,6 +395,15 @@ def test_semantic_anchors_only_for_sar_models():
     assert anchors.shape == (4, 120) and initialised is False
 
 
+def test_anchor_source_tells_anchors_from_prototypes():
+    from mmseg.models import build_segmentor
+    assert anchor_source(build_demo(DEMO_BASELINE)) is None
+    assert anchor_source(build_demo(DEMO_SAR)) == 'embedded'
+    cfg = Config.fromfile(DEMO_SAR)
+    cfg.model.decode_head.sar_loss.anchor_source = 'prototype'
+    assert anchor_source(build_segmentor(cfg.model)) == 'prototype'
+
+
 @pytest.fixture(scope='module')
 def sar_checkpoint(tmp_path_factory, shapes_root):
     tmp = tmp_path_factory.mktemp('analysis')
@@ -315,9 +416,10 @@ def sar_checkpoint(tmp_path_factory, shapes_root):
 JSON_KEYS = {
     'config', 'checkpoint', 'split', 'num_images', 'num_pixels',
     'feature_channels', 'max_pixels_per_class', 'classes', 'class_pixels',
-    'compactness', 'separability', 'mean_distance_to_class_mean',
-    'mean_distance_between_class_means', 'closest_classes', 'class_spread',
-    'pca_explained_variance', 'anchors', 'png'
+    'compactness', 'separability', 'separability_ratio',
+    'mean_distance_to_class_mean', 'mean_distance_between_class_means',
+    'closest_classes', 'class_spread', 'pca_explained_variance', 'anchors',
+    'png', 'npz'
 }
 
 
@@ -339,12 +441,26 @@ def check_result(res, out_dir):
     assert res['compactness'] == pytest.approx(
         res['mean_distance_to_class_mean']
         / res['mean_distance_between_class_means'], rel=1e-12)
+    assert res['separability_ratio'] == pytest.approx(
+        res['separability'] / res['mean_distance_to_class_mean'],
+        rel=1e-12)
     assert len(res['class_spread']) == 4
     assert len(res['pca_explained_variance']) == 2
     assert set(res['closest_classes']) <= set(res['classes'])
     png = out_dir / 'features_pca.png'
     assert res['png'] == str(png)
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # The scatter's data, for pictures composed elsewhere: one point per
+    # sampled pixel, with its class; the stars when they were marked.
+    assert res['npz'] == str(out_dir / 'features_pca.npz')
+    with np.load(res['npz']) as saved:
+        assert saved['coords'].shape == (res['num_pixels'], 2)
+        assert np.bincount(saved['labels'], minlength=4).tolist() == \
+            res['class_pixels']
+        assert saved['anchors'].shape == (
+            (4, 2) if res['anchors']['marked'] else (0, 2))
+        assert saved['explained'].tolist() == pytest.approx(
+            res['pca_explained_variance'])
 
 
 @pytest.fixture(scope='module')
@@ -361,9 +477,10 @@ def test_analyze_features_tool_on_a_sar_checkpoint(sar_checkpoint,
     initialised = bool(torch.load(ckpt, weights_only=False)['state_dict'][
         'decode_head.sar_loss.initialised'])
     assert res['anchors'] == dict(present=True, initialised=initialised,
-                                  marked=initialised)
+                                  marked=initialised, source='embedded')
     assert f'compactness:  {res["compactness"]:.4f}' in out
     assert f'separability: {res["separability"]:.4f}' in out
+    assert f'separability ratio: {res["separability_ratio"]:.4f}' in out
     assert '2 images' in out
 
 
@@ -378,7 +495,7 @@ def test_analyze_features_tool_marks_set_anchors(sar_checkpoint):
     out, res = analyze(cfg, forced, tmp / 'forced')
     check_result(res, tmp / 'forced')
     assert res['anchors'] == dict(present=True, initialised=True,
-                                  marked=True)
+                                  marked=True, source='embedded')
     assert 'semantic anchors (EMA) marked' in out
 
 
@@ -395,9 +512,10 @@ def test_analyze_features_tool_on_a_plain_checkpoint(sar_checkpoint,
     out, res = analyze(cfg, plain, tmp / 'plain')
     check_result(res, tmp / 'plain')
     assert res['anchors'] == dict(present=False, initialised=False,
-                                  marked=False)
+                                  marked=False, source=None)
     assert 'not a SAR model' in out
     # The exported model is the SAR model at test time: same features.
     for key in ('class_pixels', 'compactness', 'separability',
-                'class_spread', 'pca_explained_variance'):
+                'separability_ratio', 'class_spread',
+                'pca_explained_variance'):
         assert res[key] == sar_result[1][key], key

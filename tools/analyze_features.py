@@ -4,11 +4,14 @@ For any trained segmentor (SAR or plain) and the val split of its config:
 the pixel features its classifier reads (see
 sar.mmseg0x.features.collect_features), their compactness (mean distance
 to the class mean over the mean distance between class means; lower is
-tighter) and separability (smallest distance between two class means),
-and a 2-D PCA scatter coloured by class, with SAR's semantic anchors as
-stars when the model has them. Writes
-``features.json`` and ``features_pca.png`` to --out-dir and prints the
-numbers.
+tighter), separability (smallest distance between two class means, in the
+features' units) and separability ratio (that distance over the mean
+distance to the class mean: free of the features' scale; higher is
+further apart), and a 2-D PCA scatter coloured by class, with SAR's
+semantic anchors (or the prototype ablation's prototypes) as stars when
+the model has them. Writes ``features.json``, ``features_pca.png`` and
+``features_pca.npz`` (the scatter's coordinates, labels and stars, for
+composing pictures) to --out-dir and prints the numbers.
 """
 import argparse
 import json
@@ -17,26 +20,30 @@ import os
 import os.path as osp
 import re
 
+import numpy
 import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.runner import CheckpointLoader, load_state_dict
 from mmcv.utils import Config, DictAction
 
 import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.evaluation.features import (feature_stats, inner_decode_head,
-                                     pca_2d, pca_project, plot_pca,
-                                     semantic_anchors)
+from sar.evaluation.features import (anchor_source, feature_stats,
+                                     inner_decode_head, pca_2d, pca_project,
+                                     plot_pca, semantic_anchors)
 from sar.mmseg0x.features import collect_features
 from sar.mmseg0x.runtime import adapt_cfg_to_machine
+
+# Legend entry of the stars, by the SARHead's anchor_source.
+ANCHOR_LABELS = dict(embedded='semantic anchors', prototype='prototypes')
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-dir', help='where to write features.json and '
-                        'features_pca.png (default: work_dirs/features/'
-                        '<config name>)')
+    parser.add_argument('--out-dir', help='where to write features.json, '
+                        'features_pca.png and features_pca.npz (default: '
+                        'work_dirs/features/<config name>)')
     parser.add_argument('--split', default='val', choices=['val', 'test'],
                         help='data split of the config to read')
     parser.add_argument('--max-images', type=int,
@@ -117,24 +124,31 @@ def main():
     stats = feature_stats(feats, labels, head.num_classes, ignore)
 
     sar_state = semantic_anchors(model)
+    stars = ANCHOR_LABELS.get(anchor_source(model), 'semantic anchors')
     anchors_2d = None
     anchors_note = 'no semantic anchors (not a SAR model)'
     if sar_state is not None:
-        anchors_note = ('semantic anchors (EMA) marked' if sar_state[1] else
-                        'SAR model, semantic anchors not yet set (gate never '
+        anchors_note = (f'{stars} (EMA) marked' if sar_state[1] else
+                        f'SAR model, {stars} not yet set (gate never '
                         'opened): not marked')
     pca = None
+    png = npz = None
     if len(feats) >= 2:
         pca = pca_2d(feats)
         if sar_state is not None and sar_state[1]:
             anchors_2d = pca_project(sar_state[0].cpu(), pca)
         fig = plot_pca(
             pca.coords, labels, classes, palette, anchors_2d,
-            title=f'{osp.basename(args.config)}: decode features, PCA')
+            title=f'{osp.basename(args.config)}\ndecode features, PCA',
+            anchors_label=stars)
         png = osp.join(out_dir, 'features_pca.png')
         fig.savefig(png)
-    else:
-        png = None
+        npz = osp.join(out_dir, 'features_pca.npz')
+        numpy.savez(npz, coords=pca.coords.float().numpy(),
+                    labels=labels.numpy(),
+                    anchors=numpy.zeros((0, 2), numpy.float32)
+                    if anchors_2d is None else anchors_2d.float().numpy(),
+                    explained=pca.explained.numpy())
 
     counts = stats['class_counts'].tolist()
     closest = stats['closest_pair']
@@ -150,6 +164,7 @@ def main():
         class_pixels=counts,
         compactness=_finite(stats['compactness']),
         separability=_finite(stats['separability']),
+        separability_ratio=_finite(stats['separability_ratio']),
         mean_distance_to_class_mean=_finite(stats['intra']),
         mean_distance_between_class_means=_finite(stats['inter']),
         closest_classes=None if closest is None else
@@ -159,8 +174,9 @@ def main():
         pca.explained.tolist(),
         anchors=dict(present=sar_state is not None,
                      initialised=bool(sar_state and sar_state[1]),
-                     marked=anchors_2d is not None),
-        png=png)
+                     marked=anchors_2d is not None,
+                     source=anchor_source(model)),
+        png=png, npz=npz)
     out_json = osp.join(out_dir, 'features.json')
     with open(out_json, 'w') as f:
         json.dump(result, f, indent=2)
@@ -176,8 +192,11 @@ def main():
     pair = '' if closest is None else \
         f'  (closest: {classes[closest[0]]} / {classes[closest[1]]})'
     print(f'separability: {stats["separability"]:.4f}{pair}')
+    print(f'separability ratio: {stats["separability_ratio"]:.4f}  '
+          '(separability / mean distance to class mean; higher is further '
+          'apart, free of the features\' scale)')
     print(f'PCA: {anchors_note}')
-    print(f'wrote {out_json}' + (f' and {png}' if png else ''))
+    print(f'wrote {out_json}' + (f', {png} and {npz}' if png else ''))
 
 
 if __name__ == '__main__':

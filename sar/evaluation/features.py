@@ -21,6 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _ratio(num, den):
+    """num / den for distances (>= 0): NaN for NaN or 0/0, inf for x/0."""
+    if math.isnan(num) or math.isnan(den):
+        return math.nan
+    if den == 0.0:
+        return math.nan if num == 0.0 else math.inf
+    return num / den
+
+
 def feature_stats(feats, labels, num_classes, ignore_index=255):
     """Compactness and separability of labelled features.
 
@@ -29,12 +38,21 @@ def feature_stats(feats, labels, num_classes, ignore_index=255):
     - ``inter``: mean over pairs of present classes of ``||mu_i - mu_j||``.
     - ``compactness = intra / inter``: 0 when every feature equals its class
       mean; lower is tighter relative to the spacing of the classes.
-    - ``separability = min_{i<j} ||mu_i - mu_j||`` over present classes.
+    - ``separability = min_{i<j} ||mu_i - mu_j||`` over present classes,
+      in the features' units: it grows with their scale.
+    - ``separability_ratio = separability / intra``: the same gap in units
+      of the mean distance of a feature to its class mean, so scaling (or
+      shifting) every feature leaves it unchanged. 0 when two class means
+      coincide; larger when the two closest classes sit further apart
+      relative to the spread within classes (higher is better separated;
+      like compactness, but through the closest pair of means instead of
+      the mean pair, and inverted). inf when every feature is on its class
+      mean and the means differ; NaN when both are 0.
 
     Computed in float64. A class is present when it has at least one valid
     pixel; absent classes take no part (their means and spreads are NaN).
-    With fewer than two present classes, ``inter``, ``compactness`` and
-    ``separability`` are NaN.
+    With fewer than two present classes, ``inter``, ``compactness``,
+    ``separability`` and ``separability_ratio`` are NaN.
 
     Args:
         feats (Tensor): pixel features.
@@ -46,11 +64,11 @@ def feature_stats(feats, labels, num_classes, ignore_index=255):
         feats (N, D), labels (N,) integer.
 
     Returns:
-        dict: ``compactness``, ``separability``, ``intra``, ``inter``
-        (floats), ``closest_pair`` ((i, j) class indices of the
-        separability, or None), ``class_means`` (C, D) float64,
-        ``class_counts`` (C,) long, ``class_spread`` (C,) float64 (mean
-        distance to the own class mean, per class).
+        dict: ``compactness``, ``separability``, ``separability_ratio``,
+        ``intra``, ``inter`` (floats), ``closest_pair`` ((i, j) class
+        indices of the separability, or None), ``class_means`` (C, D)
+        float64, ``class_counts`` (C,) long, ``class_spread`` (C,) float64
+        (mean distance to the own class mean, per class).
 
     Raises:
         ValueError: shapes disagree, or a label is neither ignored nor in
@@ -88,13 +106,8 @@ def feature_stats(feats, labels, num_classes, ignore_index=255):
         k = int(pairs.argmin())
         separability = pairs[k].item()
         closest = (int(present[i[k]]), int(present[j[k]]))
-    if math.isnan(inter) or math.isnan(intra):
-        compactness = math.nan
-    elif inter == 0.0:
-        compactness = math.nan if intra == 0.0 else math.inf
-    else:
-        compactness = intra / inter
-    return dict(compactness=compactness, separability=separability,
+    return dict(compactness=_ratio(intra, inter), separability=separability,
+                separability_ratio=_ratio(separability, intra),
                 intra=intra, inter=inter, closest_pair=closest,
                 class_means=means, class_counts=counts, class_spread=spread)
 
@@ -157,8 +170,37 @@ def _numpy(x):
     return x.detach().cpu().numpy() if torch.is_tensor(x) else x
 
 
+def _wrapped(text, width_inches, fontsize_points):
+    """``text`` broken into lines that fit ``width_inches`` at that size.
+
+    A character is taken as 0.6 em wide, about right for matplotlib's
+    default sans-serif. Lines break after a space, ``-``, ``_`` or ``/``
+    (config file names have no spaces), mid-word only where a piece alone
+    is too long.
+    """
+    import re
+    chars = max(8, int(width_inches * 72 / (0.6 * fontsize_points)))
+    lines = []
+    for line in text.split('\n'):
+        current = ''
+        for piece in re.findall(r'[^ \-_/]*(?:[ \-_/]|$)', line):
+            while len(piece) > chars:  # too long even alone
+                if current:
+                    lines.append(current.rstrip())
+                    current = ''
+                lines.append(piece[:chars])
+                piece = piece[chars:]
+            if len((current + piece).rstrip()) > chars and current:
+                lines.append(current.rstrip())
+                current = ''
+            current += piece
+        lines.append(current.rstrip())
+    return '\n'.join(lines)
+
+
 def plot_pca(coords, labels, class_names=None, palette=None, anchors=None,
-             title=None, ignore_index=255, point_size=4.0):
+             title=None, ignore_index=255, point_size=4.0,
+             anchors_label='semantic anchors', ax=None):
     """Scatter of 2-D feature coordinates coloured by class.
 
     Args:
@@ -171,20 +213,27 @@ def plot_pca(coords, labels, class_names=None, palette=None, anchors=None,
             0-255 (mmseg's ``PALETTE``); matplotlib's tab20 cycle otherwise.
         anchors (Tensor | ndarray, optional): 2-D positions of one anchor
             per class, drawn as stars in the class colour.
-        title (str, optional): axes title.
+        title (str, optional): axes title, wrapped to the axes' width.
         ignore_index (int): label of pixels not drawn.
         point_size (float): marker area of a pixel, in points^2.
+        anchors_label (str): legend entry of the stars, e.g.
+            ``'prototypes'`` for the prototype ablation.
+        ax (matplotlib.axes.Axes, optional): draw into these axes (e.g. one
+            panel of a row) instead of a new figure; the caller then lays
+            the figure out.
 
     Shape:
         coords (N, 2), labels (N,), palette (C, 3), anchors (C, 2).
 
     Returns:
         matplotlib.figure.Figure: a figure not registered with pyplot (no
-        display needed); ``fig.savefig(path)`` writes it.
+        display needed), ``ax``'s when given; ``fig.savefig(path)`` writes
+        it.
     """
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     coords = np.asarray(_numpy(coords), dtype=float)
     labels = np.asarray(_numpy(labels)).reshape(-1)
@@ -202,26 +251,40 @@ def plot_pca(coords, labels, class_names=None, palette=None, anchors=None,
         cycle = colormaps['tab20'].colors
         colours = np.array([cycle[i % len(cycle)] for i in range(num_classes)])
 
-    fig = Figure(figsize=(6.4, 5.6), dpi=100)
-    ax = fig.subplots()
+    own_figure = ax is None
+    if own_figure:
+        fig = Figure(figsize=(6.4, 5.6), dpi=100)
+        ax = fig.subplots()
+    fig = ax.figure
+    # The legend gets its own handles: one dot per class at a readable
+    # size whatever point_size is, and a star of the size of a letter.
+    handles = []
     for c in range(num_classes):
         keep = labels == c
         if keep.any():
             ax.scatter(coords[keep, 0], coords[keep, 1], s=point_size,
-                       color=colours[c], alpha=0.5, linewidths=0,
-                       label=class_names[c])
+                       color=colours[c], alpha=0.5, linewidths=0)
+            handles.append(Line2D([], [], linestyle='', marker='o',
+                                  markersize=5, color=colours[c],
+                                  label=class_names[c]))
     if anchors is not None:
         anchors = np.asarray(_numpy(anchors), dtype=float)
         ax.scatter(anchors[:, 0], anchors[:, 1], s=160, marker='*',
                    c=colours[:len(anchors)], edgecolors='black',
-                   linewidths=0.8, label='semantic anchors', zorder=3)
+                   linewidths=0.8, zorder=3)
+        handles.append(Line2D([], [], linestyle='', marker='*',
+                              markersize=9, markerfacecolor='white',
+                              markeredgecolor='black', markeredgewidth=0.8,
+                              label=anchors_label))
     ax.set_xlabel('PC 1')
     ax.set_ylabel('PC 2')
     if title:
-        ax.set_title(title)
+        width = fig.get_figwidth() * ax.get_position().width
+        ax.set_title(_wrapped(title, width, 10), fontsize=10)
     if num_classes <= 20:
-        ax.legend(loc='best', fontsize='small', markerscale=2.0)
-    fig.tight_layout()
+        ax.legend(handles=handles, loc='best', fontsize='small')
+    if own_figure:
+        fig.tight_layout()
     return fig
 
 
@@ -256,6 +319,20 @@ def semantic_anchors(model):
     if reg is None or not hasattr(reg, 'semantic_anchors'):
         return None
     return reg.semantic_anchors.detach(), bool(reg.initialised)
+
+
+def anchor_source(model):
+    """What :func:`semantic_anchors` holds: ``'embedded'`` (SAR's semantic
+    anchors), ``'prototype'`` (the ablation's EMA class means), or None for
+    a model without a ``SARHead``."""
+    model = getattr(model, 'module', model)
+    head = model.decode_head
+    if isinstance(head, nn.ModuleList):
+        head = head[-1]
+    reg = head._modules.get('sar_loss')
+    if reg is None or not hasattr(reg, 'semantic_anchors'):
+        return None
+    return getattr(reg, 'anchor_source', 'embedded')
 
 
 def _resample_nearest(label, size):
