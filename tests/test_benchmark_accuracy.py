@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import ROOT
 from sar.evaluation.benchmark import (class_iou_bars, format_mean_std,
-                                      markdown_table, mean_std, seed_row,
-                                      side_by_side, summarize_seeds)
+                                      markdown_table, mean_std, pca_row,
+                                      seed_row, summarize_seeds)
 
 TOOLS = osp.join(ROOT, 'tools')
 
@@ -149,14 +149,28 @@ def test_class_iou_bars_on_tiny_arrays(tmp_path):
         class_iou_bars(mean, std, ['bg', 'x'], ['baseline', 'SAR'])
 
 
-def test_side_by_side_on_tiny_pictures():
-    left = np.zeros((4, 6, 3), np.uint8)
-    right = np.full((4, 3, 3), 200, np.uint8)
-    fig = side_by_side([left, right], ['baseline', 'SAR'])
-    assert [ax.get_title() for ax in fig.axes] == ['baseline', 'SAR']
-    assert np.array_equal(fig.axes[1].get_images()[0].get_array(), right)
+def test_pca_row_draws_one_panel_per_method_with_its_stars():
+    coords = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 1])
+    stars = np.array([[0.5, 0.5], [1.0, 1.0]])
+    fig = pca_row([
+        dict(coords=coords, labels=labels, title='baseline',
+             anchors=np.zeros((0, 2))),
+        dict(coords=coords, labels=labels, title='SAR', anchors=stars),
+        dict(coords=coords[:2], labels=labels[:2], title='prototype',
+             anchors=stars, anchors_label='prototypes'),
+    ], ['bg', 'x'], [[0, 0, 0], [255, 0, 0]])
+    assert [ax.get_title() for ax in fig.axes] == ['baseline', 'SAR',
+                                                   'prototype']
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()]
+               for ax in fig.axes]
+    assert legends == [['bg', 'x'], ['bg', 'x', 'semantic anchors'],
+                       ['bg', 'x', 'prototypes']]
+    # Points per class, then the stars; no stars for an empty set.
+    assert [[len(c.get_offsets()) for c in ax.collections]
+            for ax in fig.axes] == [[1, 2], [1, 2, 2], [1, 1, 2]]
     with pytest.raises(ValueError):
-        side_by_side([left], ['a', 'b'])
+        pca_row([])
 
 
 def test_flags_and_method_options():
@@ -168,8 +182,14 @@ def test_flags_and_method_options():
     smoke = tool.parse_args(['--smoke', '--out-dir', 'x'])
     assert (smoke.seeds, smoke.iters, smoke.out_dir) == (1, 4, 'x')
     assert tool.parse_args(['--smoke', '--seeds', '2']).seeds == 2
-    # The ablation is the SAR config with one key switched.
+    assert tool.parse_args(['--skip-training']).skip_training
+    # The ablation is the SAR config with one key switched, and its stars
+    # are prototypes.
     assert tool.METHODS['prototype'][0] == tool.METHODS['SAR'][0]
+    assert set(tool.STARS) == set(tool.METHODS)
+    assert tool.STARS['prototype'] == 'prototypes'
+    assert tool.STARS['SAR'] == 'semantic anchors'
+    assert tool.STARS['baseline'] is None
     assert tool.cfg_options('prototype', args, tool.DATA) == [
         'model.decode_head.sar_loss.anchor_source=prototype']
     assert tool.cfg_options('baseline', args, tool.DATA) == []
@@ -205,9 +225,14 @@ def test_smoke_run_writes_table_json_and_pictures(tmp_path):
         assert set(row['iou']) == set(result['classes'])
         assert 0 <= row['mIoU'] <= 100
         assert row['compactness'] > 0 and row['separability'] > 0
+        features = json.loads((work / method / 'seed_0' / 'features' /
+                               'features.json').read_text())
+        assert row['separability_ratio'] == features['separability_ratio']
+        assert row['separability_ratio'] == pytest.approx(
+            row['separability'] / features['mean_distance_to_class_mean'])
         summary = entry['summary']
         for key in ('mIoU', 'head', 'tail', 'compactness', 'separability',
-                    'gate_first_open_iter'):
+                    'separability_ratio', 'gate_first_open_iter'):
             assert set(summary[key]) == {'mean', 'std', 'n'}
         assert summary['mIoU'] == dict(mean=row['mIoU'], std=None, n=1)
         assert summary['compactness']['mean'] == row['compactness']
@@ -224,12 +249,41 @@ def test_smoke_run_writes_table_json_and_pictures(tmp_path):
     assert lines[0] == '# DigitScenes-LT accuracy benchmark'
     header = lines.index('| method | mIoU | head IoU | tail IoU | '
                          'compactness (lower: tighter) | separability | '
+                         'separability ratio (higher: further apart) | '
                          'gate first open (iter) |')
     assert lines[header + 2].startswith('| baseline | ')
     assert lines[header + 3].startswith('| SAR | ')
-    assert lines[header + 3].count('|') == 8
+    assert lines[header + 3].count('|') == 9
     assert '![per-class IoU](class_iou.png)' in lines
     for name in ('class_iou.png', 'features_pca.png'):
         width, height = Image.open(out / name).size
         assert width > 100 and height > 100
     assert result['files']['pca_png'] == str(out / 'features_pca.png')
+
+    # --skip-training tests and measures the same checkpoints again: the
+    # training logs are kept and the numbers come back the same.
+    (log, ) = (work / 'SAR' / 'seed_0').glob('*.log.json')
+    logged = log.read_text()
+    again = subprocess.run(
+        [sys.executable, 'tools/benchmark_accuracy.py', '--smoke',
+         '--methods', 'SAR', '--work-dir', str(work), '--out-dir',
+         str(out), '--skip-training'], cwd=ROOT, capture_output=True,
+        text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert log.read_text() == logged
+    rerun = json.loads((out / 'benchmark_accuracy.json').read_text())
+    assert rerun['settings']['skip_training'] is True
+    (old, ), (new, ) = (result['methods']['SAR']['per_seed'],
+                        rerun['methods']['SAR']['per_seed'])
+    assert new['train_s'] is None
+    for key in ('mIoU', 'separability', 'separability_ratio',
+                'gate_first_open_iter'):
+        assert new[key] == old[key], key
+
+
+def test_skip_training_needs_an_earlier_run(tmp_path):
+    tool = load_tool()
+    args = tool.parse_args(['--smoke', '--skip-training', '--work-dir',
+                            str(tmp_path)])
+    with pytest.raises(RuntimeError, match='needs latest.pth'):
+        tool.one_run('baseline', 0, args, tool.DATA, 1)

@@ -2,16 +2,22 @@
 
 Every (method, seed) runs the commands a user runs, with the same schedule
 for all: tools/train.py, tools/test.py --eval mIoU (mmseg's per-class IoU)
-and tools/analyze_features.py on the val split (compactness, separability
-and a PCA picture of the decode features). The prototype ablation is the
-SAR config with ``model.decode_head.sar_loss.anchor_source=prototype``.
+and tools/analyze_features.py on the val split (compactness, separability,
+separability ratio and a PCA picture of the decode features). The
+prototype ablation is the SAR config with
+``model.decode_head.sar_loss.anchor_source=prototype``.
 Reported, as mean +- std over seeds: mIoU, head- and tail-class IoU (the
 more and less frequent half of the training digits), compactness,
-separability, and the iteration by which SAR's gate first opened (for the
+separability (smallest distance between class means, in the features'
+units), separability ratio (that distance over the mean distance to the
+class mean: free of the features' scale), and the iteration by which
+SAR's gate first opened (for the
 prototype ablation: by which every class had a prototype), read from
 mmseg's json log at its logging interval. Writes to --out-dir
 ``benchmark_accuracy.md``, ``benchmark_accuracy.json``, ``class_iou.png``
-and ``features_pca.png`` (each method's first seed, side by side).
+and ``features_pca.png`` (each method's first seed, side by side; the
+stars are SAR's semantic anchors, and the prototypes in the prototype
+ablation).
 
 The defaults (3 seeds x 3 methods, the configs' 3000 iterations at batch
 8, two runs at a time, one thread each) need about 240 s per run (measured:
@@ -46,6 +52,8 @@ METHODS = {
     'prototype': (SAR_CONFIG,
                   ['model.decode_head.sar_loss.anchor_source=prototype']),
 }
+# What the stars of each method's PCA panel are.
+STARS = dict(baseline=None, SAR='semantic anchors', prototype='prototypes')
 # --smoke: a data set and schedule that only check the plumbing.
 SMOKE_DATA = dict(num_train=8, num_val=4, size=64)
 SMOKE_SETTINGS = dict(iters=4, seeds=1, samples_per_gpu=2, log_interval=1,
@@ -69,6 +77,10 @@ def parse_args(argv=None):
                         'pictures go (default: --work-dir)')
     parser.add_argument('--smoke', action='store_true',
                         help='seconds-long check on tiny generated data')
+    parser.add_argument('--skip-training', action='store_true',
+                        help='re-test and re-measure the checkpoints and '
+                        'training logs an earlier run left in --work-dir '
+                        '(same flags otherwise) instead of training')
     parser.add_argument('--jobs', type=int, default=2,
                         help='runs at a time, each with cores/jobs threads')
     parser.add_argument('--log-interval', type=int, default=10,
@@ -126,9 +138,11 @@ def one_run(method, seed, args, data_root, threads):
     work = osp.join(args.work_dir, method, f'seed_{seed}')
     abs_work = osp.join(ROOT, work)
     os.makedirs(abs_work, exist_ok=True)
-    for old in glob.glob(osp.join(abs_work, '*.log.json')) + \
-            glob.glob(osp.join(abs_work, 'eval_*.json')):
-        os.remove(old)  # one log and one evaluation per run
+    old = glob.glob(osp.join(abs_work, 'eval_*.json'))
+    if not args.skip_training:
+        old += glob.glob(osp.join(abs_work, '*.log.json'))
+    for name in old:
+        os.remove(name)  # one log and one evaluation per run
     options = cfg_options(method, args, data_root)
     schedule = [f'log_config.interval={args.log_interval}']
     if args.iters is not None:
@@ -136,10 +150,16 @@ def one_run(method, seed, args, data_root, threads):
                      f'checkpoint_config.interval={args.iters}']
     ckpt = osp.join(work, 'latest.pth')
     start = time.time()
-    run_logged(['tools/train.py', config, '--work-dir', work, '--no-validate',
-                '--deterministic', '--seed', str(seed), '--cfg-options',
-                *options, *schedule], osp.join(abs_work, 'train.out'),
-               threads)
+    if args.skip_training:
+        if not osp.isfile(osp.join(ROOT, ckpt)) or len(
+                glob.glob(osp.join(abs_work, '*.log.json'))) != 1:
+            raise RuntimeError(f'--skip-training: {work} needs latest.pth '
+                               'and one training log of an earlier run')
+    else:
+        run_logged(['tools/train.py', config, '--work-dir', work,
+                    '--no-validate', '--deterministic', '--seed', str(seed),
+                    '--cfg-options', *options, *schedule],
+                   osp.join(abs_work, 'train.out'), threads)
     trained = time.time()
     run_logged(['tools/test.py', config, ckpt, '--eval', 'mIoU',
                 '--work-dir', work] +
@@ -157,8 +177,8 @@ def one_run(method, seed, args, data_root, threads):
           f'{time.time() - trained:.0f} s', flush=True)
     return dict(method=method, seed=seed, log=log, eval=evaluation,
                 features=osp.join(abs_work, 'features', 'features.json'),
-                pca_png=osp.join(abs_work, 'features', 'features_pca.png'),
-                train_s=trained - start)
+                pca_npz=osp.join(abs_work, 'features', 'features_pca.npz'),
+                train_s=None if args.skip_training else trained - start)
 
 
 def collect(run, classes, head, tail):
@@ -171,10 +191,26 @@ def collect(run, classes, head, tail):
         features = json.load(f)
     row['compactness'] = features['compactness']
     row['separability'] = features['separability']
+    row['separability_ratio'] = features['separability_ratio']
     gate = gate_summary(read_train_log(run['log']))
     row['gate_first_open_iter'] = gate['first_open_iter']
     row['train_s'] = run['train_s']
     return row
+
+
+def pca_panel(npz, method, seed):
+    """One method's PCA panel from tools/analyze_features.py's npz."""
+    import numpy as np
+    with np.load(npz) as saved:
+        coords, labels, anchors, explained = (
+            saved['coords'], saved['labels'], saved['anchors'],
+            saved['explained'])
+    share = ', '.join(f'{100 * e:.0f}%' for e in explained)
+    return dict(coords=coords, labels=labels,
+                anchors=anchors if STARS[method] else None,
+                anchors_label=STARS[method] or 'semantic anchors',
+                title=f'{method} (seed {seed}): val decode features, PCA '
+                f'(variance {share})')
 
 
 def _json_safe(x):
@@ -191,14 +227,16 @@ def _json_safe(x):
 COLUMNS = [('mIoU', 'mIoU'), ('head', 'head IoU'), ('tail', 'tail IoU'),
            ('compactness', 'compactness (lower: tighter)', 4),
            ('separability', 'separability', 4),
+           ('separability_ratio', 'separability ratio (higher: further '
+            'apart)', 3),
            ('gate_first_open_iter', 'gate first open (iter)', 0)]
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
-                          make_digitscenes)
+    from sar.data import (DIGITSCENES_CLASSES, DIGITSCENES_PALETTE,
+                          head_tail_classes, make_digitscenes)
     data_root = osp.join(args.work_dir, 'smoke_data') if args.smoke else DATA
     meta = make_digitscenes(osp.join(ROOT, data_root),
                             **(SMOKE_DATA if args.smoke else {}))
@@ -215,7 +253,7 @@ def main(argv=None):
             lambda job: one_run(*job, args, data_root, threads), jobs))
 
     from sar.evaluation.benchmark import (class_iou_bars, markdown_table,
-                                          side_by_side, summarize_seeds)
+                                          pca_row, summarize_seeds)
     rows = {m: [] for m in args.methods}
     for run in runs:
         rows[run['method']].append(
@@ -238,12 +276,9 @@ def main(argv=None):
                          tail=tail, title=f'DigitScenes-LT val IoU, mean +- '
                          f'std over {len(seeds)} seed(s)')
     fig.savefig(osp.join(ROOT, out['class_iou.png']))
-    from PIL import Image
     first = {r['method']: r for r in runs if r['seed'] == seeds[0]}
-    fig = side_by_side(
-        [np.asarray(Image.open(first[m]['pca_png']).convert('RGB'))
-         for m in args.methods],
-        [f'{m} (seed {seeds[0]})' for m in args.methods])
+    fig = pca_row([pca_panel(first[m]['pca_npz'], m, seeds[0])
+                   for m in args.methods], classes, DIGITSCENES_PALETTE)
     fig.savefig(osp.join(ROOT, out['features_pca.png']))
 
     iters = args.iters
@@ -262,8 +297,11 @@ def main(argv=None):
         f'({meta["val"]["num_scenes"]} scenes). IoU in % from mmseg\'s '
         'evaluation, mean +- sample std over seeds; head: digits '
         f'{", ".join(head)}, tail: {", ".join(tail)} (by training '
-        'instances). Compactness and separability of val pixel features '
-        'from tools/analyze_features.py. Gate: iteration of the first '
+        'instances). Compactness, separability (smallest distance between '
+        'class means) and separability ratio (that distance over the mean '
+        'distance to the class mean; free of the features\' scale) of val '
+        'pixel features from tools/analyze_features.py. Gate: iteration '
+        'of the first '
         f'logging interval ({args.log_interval} iterations) in which it '
         'opened, over the seeds where it did (n/a: never); for the '
         'prototype ablation, every class had a prototype.', '',
@@ -275,7 +313,8 @@ def main(argv=None):
         f.write(text)
     result = dict(
         settings=dict(methods=args.methods, seeds=seeds, iters=iters,
-                      smoke=args.smoke, data_root=data_root,
+                      smoke=args.smoke, skip_training=args.skip_training,
+                      data_root=data_root,
                       log_interval=args.log_interval,
                       max_pixels_per_class=args.max_pixels_per_class,
                       configs={m: METHODS[m][0] for m in args.methods},

@@ -7,7 +7,8 @@ mean +- std over seeds, a markdown table and figures. Nothing here computes
 a metric from predictions or features: per-class IoU and mIoU are mmseg's
 (read through :func:`sar.evaluation.report.class_iou`), compactness and
 separability are :func:`sar.evaluation.features.feature_stats`'s. Plain
-Python and numpy; matplotlib is imported by the plotting functions alone.
+Python and numpy; matplotlib is imported by the plotting functions alone
+(and torch by :func:`pca_row`, through the feature module's plot).
 
 Shape shorthand: M methods, K classes, S seeds, H x W pixels of a picture.
 IoU values are in percent; a missing value (a class absent from every
@@ -201,31 +202,40 @@ def class_iou_bars(mean, std, class_names, method_names, tail=None,
     return fig
 
 
-def side_by_side(images, titles):
-    """Pictures in one row, e.g. each method's PCA plot.
+def pca_row(panels, class_names=None, palette=None, ignore_index=255):
+    """PCA scatters of several models in one row, e.g. one per method.
+
+    Each panel is drawn by :func:`sar.evaluation.features.plot_pca` from
+    the coordinates tools/analyze_features.py saves
+    (``features_pca.npz``), so that each keeps its own legend, titles fit
+    their panel and the stars are named for what they are.
 
     Args:
-        images (Sequence[ndarray]): (H, W, 3) or (H, W, 4) each, uint8 or
-            float in [0, 1]; sizes may differ.
-        titles (Sequence[str]): one title per picture.
+        panels (Sequence[dict]): one per panel: ``coords`` (N, 2),
+            ``labels`` (N,), ``title`` (str), optional ``anchors`` (C, 2)
+            (None or (0, 2): no stars) and ``anchors_label`` (legend entry
+            of the stars, ``'semantic anchors'`` by default).
+        class_names (Sequence[str], optional): K legend entries.
+        palette (Sequence[Sequence[int]], optional): (K, 3) RGB in 0-255.
+        ignore_index (int): label of pixels not drawn.
 
     Returns:
-        matplotlib.figure.Figure: one axes per picture, without ticks.
+        matplotlib.figure.Figure: one axes per panel, in order.
     """
     from matplotlib.figure import Figure
-    if len(images) != len(titles) or not images:
-        raise ValueError('side_by_side needs one title per picture and at '
-                         'least one picture')
-    height = max(np.asarray(i).shape[0] for i in images)
-    width = sum(np.asarray(i).shape[1] for i in images)
-    scale = 5.0 / height  # a row 5 inches high, whatever the pixels
-    fig = Figure(figsize=(width * scale, height * scale + 0.4), dpi=100)
-    axes = fig.subplots(1, len(images), squeeze=False)[0]
-    for ax, image, title in zip(axes, images, titles):
-        ax.imshow(np.asarray(image))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93,
-                        wspace=0.02)
+
+    from .features import plot_pca
+    if not panels:
+        raise ValueError('pca_row needs at least one panel')
+    fig = Figure(figsize=(5.2 * len(panels), 5.0), dpi=100)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        anchors = panel.get('anchors')
+        if anchors is not None and len(anchors) == 0:
+            anchors = None
+        plot_pca(panel['coords'], panel['labels'], class_names, palette,
+                 anchors, title=panel['title'], ignore_index=ignore_index,
+                 anchors_label=panel.get('anchors_label',
+                                         'semantic anchors'), ax=ax)
+    fig.tight_layout()
     return fig
