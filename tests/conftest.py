@@ -1,4 +1,5 @@
 """Shared fixtures: tiny generated data and tiny model configs, CPU only."""
+import os
 import os.path as osp
 
 import pytest
@@ -13,8 +14,10 @@ DEMO_SAR = osp.join(ROOT, 'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py'
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Two-core CI machines: keep each test from oversubscribing.
-    torch.set_num_threads(2)
+    # Two-core CI machines: keep each test from oversubscribing, also when
+    # pytest-xdist runs one test per core.
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 1))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
 
 
 @pytest.fixture(scope='session')

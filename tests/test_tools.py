@@ -77,12 +77,22 @@ def json_log(work_dir):
         return [json.loads(line) for line in f if '"mode": "train"' in line]
 
 
-def test_train_then_test_prints_miou(tmp_path, shapes_root):
-    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=3)
-    work = str(tmp_path / 'work')
+@pytest.fixture(scope='module')
+def trained_sar(tmp_path_factory, shapes_root):
+    """A SAR model trained 4 iterations by tools/train.py, with the rank
+    probe: (config, work dir, checkpoint). The tests below only read it."""
+    tmp = tmp_path_factory.mktemp('trained_sar')
+    cfg = write_config(tmp / 'sar.py', DEMO_SAR, shapes_root, iters=4,
+                       probe=True)
+    work = str(tmp / 'work')
     run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
-    ckpt = osp.join(work, 'iter_3.pth')
+    return cfg, work, osp.join(work, 'iter_4.pth')
+
+
+def test_train_then_test_prints_miou(tmp_path, trained_sar):
+    cfg, _, ckpt = trained_sar
     assert osp.isfile(ckpt)
+    work = str(tmp_path / 'eval')
     out = run([PY, 'tools/test.py', cfg, ckpt, '--eval', 'mIoU',
                '--work-dir', work, '--out', str(tmp_path / 'res.pkl')])
     assert 'mIoU' in out and '| background |' in out
@@ -93,11 +103,8 @@ def test_train_then_test_prints_miou(tmp_path, shapes_root):
     assert osp.isfile(tmp_path / 'res.pkl')
 
 
-def test_train_log_has_stable_sar_keys(tmp_path, shapes_root):
-    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=4,
-                       probe=True)
-    work = str(tmp_path / 'work')
-    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+def test_train_log_has_stable_sar_keys(trained_sar):
+    _, work, _ = trained_sar
     probe = torch.load(osp.join(work, 'rank0.pth'))
     assert len(probe['keys']) == 4
     assert all(k == probe['keys'][0] for k in probe['keys'])
@@ -131,11 +138,9 @@ def test_dist_train_two_cpu_processes(tmp_path, shapes_root):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU/gloo path')
-def test_dist_test_on_two_nodes_matches_single_process(tmp_path, shapes_root):
-    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
-    work = str(tmp_path / 'work')
-    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
-    ckpt = osp.join(work, 'iter_2.pth')
+def test_dist_test_on_two_nodes_matches_single_process(tmp_path,
+                                                       trained_sar):
+    cfg, _, ckpt = trained_sar
     single, dist = str(tmp_path / 'single'), str(tmp_path / 'dist')
     run([PY, 'tools/test.py', cfg, ckpt, '--eval', 'mIoU', '--work-dir',
          single])
@@ -237,11 +242,9 @@ custom_hooks = [dict(type='SARKillHook', {kill}, priority='LOWEST')]
             assert torch.equal(value, c['state_dict'][key]), (name, key)
 
 
-def test_export_plain_gives_identical_logits(tmp_path, shapes_root):
-    cfg = write_config(tmp_path / 'sar.py', DEMO_SAR, shapes_root, iters=2)
-    work = str(tmp_path / 'work')
-    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
-    sar_ckpt = osp.join(work, 'iter_2.pth')
+def test_export_plain_gives_identical_logits(tmp_path, shapes_root,
+                                             trained_sar):
+    cfg, _, sar_ckpt = trained_sar
     plain_ckpt = str(tmp_path / 'plain.pth')
     out = run([PY, 'tools/export_plain.py', sar_ckpt, plain_ckpt])
     assert 'SAR entries dropped' in out
