@@ -19,8 +19,11 @@ from PIL import Image
 
 from conftest import ROOT
 
+from sar.data import make_ade_like
+from sar.mmseg0x import gpu_check
+
 sys.path.insert(0, osp.join(ROOT, 'tools'))
-import gpu_check  # noqa: E402
+import gpu_check as tool  # noqa: E402  (tools/gpu_check.py: the flags)
 
 PY = sys.executable
 
@@ -32,7 +35,7 @@ def run(args, **env):
 
 
 def test_generated_data_has_ades_layout_and_values(tmp_path):
-    info = gpu_check.make_ade_like(str(tmp_path), 3, 2, size=40)
+    info = make_ade_like(str(tmp_path), 3, 2, size=40)
     for split, count in (('training', 3), ('validation', 2)):
         imgs = sorted(os.listdir(tmp_path / 'images' / split))
         anns = sorted(os.listdir(tmp_path / 'annotations' / split))
@@ -114,7 +117,7 @@ def test_fp16_is_read_from_the_loss_scale_the_checkpoint_keeps(tmp_path):
 
 
 def test_a_step_that_raises_fails_alone(tmp_path):
-    check = gpu_check.Check(gpu_check.parse_args(
+    check = gpu_check.Check(tool.parse_args(
         [str(tmp_path / 'out'), '--cpu', '--work-dir', str(tmp_path / 'w')]))
     assert check.guarded('broken', lambda: 1 / 0) is False
     check.guarded('fine', lambda: check.record('fine', checks=dict(a=True)))
@@ -141,7 +144,7 @@ def test_a_spent_budget_fails_the_check(tmp_path):
 def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
     # Each step may use all of its own limit, and the GPU run fits the
     # device's 600 s a command with room for the wheels' install.
-    check = gpu_check.Check(gpu_check.parse_args(
+    check = gpu_check.Check(tool.parse_args(
         [str(tmp_path / 'out'), '--work-dir', str(tmp_path / 'work')]))
     steps = []
     check.guarded = lambda name, step: steps.append(name) or True
