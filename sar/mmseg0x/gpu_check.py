@@ -43,7 +43,7 @@ PROBE_PLUGINS = osp.join(ROOT, 'tests', 'plugins')
 # machine; on the CPU more than one oversubscribes the cores).
 GPU = dict(size=512, images=16, val_images=4, iters=40, batch=4,
            dist_iters=20, dist_batch=2, log_interval=10, threads=4,
-           limits=dict(env=40, train=65, test=40, dist=100, overhead=120))
+           limits=dict(env=40, train=60, test=40, dist=90, overhead=150))
 CPU = dict(size=64, images=4, val_images=2, iters=2, batch=2, dist_iters=2,
            dist_batch=2, log_interval=1, threads=1,
            limits=dict(env=120, train=300, test=200, dist=300, overhead=400))
