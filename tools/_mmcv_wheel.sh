@@ -1,18 +1,26 @@
-# Sourced by tools/setup_env.sh and tools/build_device_wheels.sh: builds an
-# mmcv-full wheel from its sdist against the torch of a given interpreter.
+# Sourced by tools/setup_env.sh, tools/setup_env_mmseg1.sh and
+# tools/build_device_wheels.sh: builds an mmcv wheel from its sdist against
+# the torch of a given interpreter.
 #
-#   build_mmcv_wheel RUNTIME_PY DEST
+#   build_mmcv_wheel RUNTIME_PY DEST [PACKAGE [VERSION]]
 #
-# Leaves mmcv_full-$MMCV_VERSION-*.whl in DEST. Needs MMCV_VERSION and
-# WHEEL_CACHE (the sdist is kept in $WHEEL_CACHE/sdist) and a `log` function.
-# Compiles the CPU ops unless the interpreter's torch sees a GPU and nvcc is
-# on the PATH (FORCE_CUDA=0 forces CPU ops); MAX_JOBS sets the parallelism.
+# Leaves PACKAGE-VERSION-*.whl (with _ for -: mmcv_full-1.7.2-*.whl,
+# mmcv-2.1.0-*.whl) in DEST. PACKAGE defaults to mmcv-full (mmseg 0.x) and
+# VERSION to $MMCV_VERSION; mmcv 2.x (mmseg 1.x) is the package "mmcv".
+# Needs WHEEL_CACHE (the sdist is kept in $WHEEL_CACHE/sdist) and a `log`
+# function. Compiles the CPU ops unless the interpreter's torch sees a GPU and
+# nvcc is on the PATH (FORCE_CUDA=0 forces CPU ops); MAX_JOBS sets the
+# parallelism.
 
-# The build tools live in a throwaway venv of their own: mmcv-full 1.7.2's
-# setup.py imports pkg_resources (setuptools<70), which torch forbids in the
-# runtime venv, and pip's resolver would print an ERROR there about it. The
-# build venv sees the runtime's torch through a .pth file, after its own
-# site-packages, so its setuptools<70 wins there and only there.
+# The build tools live in a throwaway venv of their own: the setup.py of
+# mmcv-full 1.7.2 and of mmcv 2.1.0 imports pkg_resources (setuptools<70),
+# which torch forbids in the runtime venv, and pip's resolver would print an
+# ERROR there about it. The build venv sees the runtime's torch through a .pth
+# file, after its own site-packages, so its setuptools<70 wins there and only
+# there. (The same setup.py is why `pip download` of the sdist runs in the
+# build venv with --no-build-isolation: pip prepares the sdist's metadata
+# even to download it, and an isolated build gets a setuptools without
+# pkg_resources.)
 _make_build_venv() {
     local runtime_py="$1" dir="$2" base purelib
     base="$("$runtime_py" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
@@ -25,22 +33,30 @@ _make_build_venv() {
 }
 
 build_mmcv_wheel() {
-    local runtime_py="$1" dest="$2" build sdist src
+    local runtime_py="$1" dest="$2" pkg="${3:-mmcv-full}" version="${4:-${MMCV_VERSION:-}}"
+    local build sdist src
+    [ -n "$version" ] || { echo "build_mmcv_wheel: no version for $pkg" >&2; return 2; }
     build="$(mktemp -d)"
     _make_build_venv "$runtime_py" "$build/venv"
     local bpip=("$build/venv/bin/python" -m pip --disable-pip-version-check -q)
-    sdist="$WHEEL_CACHE/sdist/mmcv-full-$MMCV_VERSION.tar.gz"
+    sdist="$WHEEL_CACHE/sdist/$pkg-$version.tar.gz"
     if [ ! -f "$sdist" ]; then
         mkdir -p "$WHEEL_CACHE/sdist"
         "${bpip[@]}" download --no-deps --no-build-isolation --no-binary :all: \
-            -d "$WHEEL_CACHE/sdist" "mmcv-full==$MMCV_VERSION"
+            -d "$WHEEL_CACHE/sdist" "$pkg==$version"
     fi
     tar -xzf "$sdist" -C "$build"
-    src="$build/mmcv-full-$MMCV_VERSION"
+    src="$build/$pkg-$version"
     # torch >= 2.10 headers use C++20 features; mmcv forces -std=c++17
-    # (for the host compiler and for nvcc alike).
-    sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
+    # (mmcv-full 1.7.2, for the host compiler and for nvcc alike) or
+    # -std=c++14 (mmcv 2.1.0's CUDA flags and the old-torch branches): raise
+    # every one of them.
+    sed -i 's/-std=c++1[47]/-std=c++20/g' "$src/setup.py"
     grep -q -- '-std=c++20' "$src/setup.py"
+    if grep -q -- '-std=c++1[47]' "$src/setup.py"; then
+        echo "build_mmcv_wheel: $src/setup.py still asks for C++14/17" >&2
+        return 1
+    fi
     if [ "${FORCE_CUDA:-}" = 0 ]; then
         # mmcv's setup.py compiles CUDA ops whenever torch sees a GPU,
         # whatever FORCE_CUDA says: hide the GPUs from the build.
@@ -50,7 +66,7 @@ build_mmcv_wheel() {
         "${bpip[@]}" wheel --no-deps --no-build-isolation -w "$build/dist" "$src"
     fi
     mkdir -p "$dest"
-    cp "$build"/dist/mmcv_full-*.whl "$dest/"
+    cp "$build/dist/${pkg//-/_}-$version"-*.whl "$dest/"
     rm -rf "$build"
 }
 
@@ -62,4 +78,35 @@ import sys, torch
 cuda = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda and torch.cuda.is_available() else "cpu"
 print("py%d%d-torch%s-%s" % (sys.version_info[0], sys.version_info[1], torch.__version__.split("+")[0], cuda))
 '
+}
+
+# Installs mmcv with its compiled ops into the virtualenv of RUNTIME_PY, from
+# the wheel cache (WHEEL_CACHE/<tag>) or built from its sdist; the wheel is
+# also copied into LOCAL_CACHE/<tag> (the clone's git-ignored .cache/wheels).
+# Extra arguments go to `pip install` (constraints).
+#
+#   install_mmcv_wheel RUNTIME_PY PACKAGE VERSION [PIP_INSTALL_ARGS...]
+install_mmcv_wheel() {
+    local py="$1" pkg="$2" version="$3" tag cached whl
+    shift 3
+    # The wheel depends on the Python ABI, the torch build and CUDA presence.
+    tag="$(mmcv_wheel_tag "$py")"
+    if [ "${tag##*-}" != cpu ] && ! command -v nvcc >/dev/null; then
+        log "CUDA device found but no nvcc: building CPU ops only"
+        export FORCE_CUDA=0
+    fi
+    if [ "${FORCE_CUDA:-}" = 0 ]; then
+        tag="${tag%-*}-cpu"  # CPU ops only, whatever device is present
+    fi
+    cached="$WHEEL_CACHE/$tag"
+    whl="$(ls "$cached/${pkg//-/_}-$version"-*.whl 2>/dev/null | head -n1 || true)"
+    if [ -z "$whl" ]; then
+        log "building $pkg $version for $tag (15 minutes or more on 2 cores, cached afterwards)"
+        build_mmcv_wheel "$py" "$cached" "$pkg" "$version"
+        whl="$(ls "$cached/${pkg//-/_}-$version"-*.whl | head -n1)"
+    fi
+    mkdir -p "$LOCAL_CACHE/$tag"
+    cp -n "$whl" "$LOCAL_CACHE/$tag/" 2>/dev/null || true
+    log "installing $(basename "$whl")"
+    "$py" -m pip --disable-pip-version-check -q install "$@" "$whl"
 }

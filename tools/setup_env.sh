@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the SAR development environment: a virtualenv with torch, mmcv-full
 # 1.7.2 (built from its sdist, patched for torch 2.x), mmsegmentation 0.30.0 and
-# this package in editable mode.
+# this package in editable mode. The mmseg 1.x environment (.venv-mmseg1) is
+# tools/setup_env_mmseg1.sh's.
 #
 # Idempotent: every step first checks whether its result is already there, so
 # a second run takes seconds. The built mmcv-full wheel is kept in a cache
@@ -64,31 +65,15 @@ fi
 # shellcheck source=tools/_mmcv_wheel.sh
 source "$ROOT/tools/_mmcv_wheel.sh"
 
-# 3. mmcv-full with compiled ops, from the wheel cache or built from its sdist.
+# 3. mmcv-full with compiled ops, from the wheel cache or built from its sdist
+#    (tools/_mmcv_wheel.sh; tools/setup_env_mmseg1.sh installs mmcv 2.1.0 the
+#    same way).
 mmcv_ok() {
     has -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')"
 }
 if ! mmcv_ok; then
-    # The wheel depends on the Python ABI, the torch build and CUDA presence.
-    TAG="$(mmcv_wheel_tag "$PY")"
-    if [ "${TAG##*-}" != cpu ] && ! command -v nvcc >/dev/null; then
-        log "CUDA device found but no nvcc: building CPU ops only"
-        export FORCE_CUDA=0
-    fi
-    if [ "${FORCE_CUDA:-}" = 0 ]; then
-        TAG="${TAG%-*}-cpu"  # CPU ops only, whatever device is present
-    fi
-    CACHED="$WHEEL_CACHE/$TAG"
-    WHL="$(ls "$CACHED"/mmcv_full-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
-    if [ -z "$WHL" ]; then
-        log "building mmcv-full $MMCV_VERSION for $TAG (several minutes, cached afterwards)"
-        build_mmcv_wheel "$PY" "$CACHED"
-        WHL="$(ls "$CACHED"/mmcv_full-"$MMCV_VERSION"-*.whl | head -n1)"
-    fi
-    mkdir -p "$LOCAL_CACHE/$TAG"
-    cp -n "$WHL" "$LOCAL_CACHE/$TAG/" 2>/dev/null || true
-    log "installing $(basename "$WHL")"
-    "${PIP[@]}" install -c "$ROOT/requirements/constraints.txt" "$WHL"
+    install_mmcv_wheel "$PY" mmcv-full "$MMCV_VERSION" \
+        -c "$ROOT/requirements/constraints.txt"
 fi
 
 # 4. mmsegmentation, this package and the test tools.

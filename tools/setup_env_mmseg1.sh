@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Build the mmseg 1.x environment of SAR's 1.x glue: a virtualenv (default
+# .venv-mmseg1) with torch, mmcv 2.1.0 (built from its sdist, patched for
+# torch 2.x), mmengine 0.10.7, mmsegmentation 1.2.2 and this package in
+# editable mode. The 0.x environment is tools/setup_env.sh's; both share the
+# wheel builder of tools/_mmcv_wheel.sh and its cache.
+#
+# Idempotent: every step first checks whether its result is already there, so
+# a second run takes seconds. The built mmcv wheel is kept in a cache outside
+# the clone (WHEEL_CACHE, default ~/.cache/sar/wheels/<tag>) so fresh clones
+# on the same machine reuse it, and copied into the clone's git-ignored
+# .cache/wheels.
+#
+# Environment knobs:
+#   VENV_MMSEG1     virtualenv to create/use (default: .venv-mmseg1 in the
+#                   project root)
+#   PYTHON          interpreter for a new virtualenv (default: python3.11, else python3)
+#   SAR_SYSTEM_SITE 1: create the virtualenv with --system-site-packages, so an
+#                   already-installed torch (e.g. a CUDA build) is reused
+#   TORCH_SPEC      what to pip-install when torch is missing
+#   MAX_JOBS        parallel compile jobs for mmcv (default: nproc)
+#   WHEEL_CACHE     where built wheels are kept
+#
+# Traps met on the way (torch 2.14.1, Python 3.11, CPU):
+# - mmcv 2.1.0 has no wheel for this torch: it is built from its sdist, whose
+#   setup.py asks for -std=c++14 or -std=c++17 where torch 2.14's headers
+#   need C++20 (_mmcv_wheel.sh raises them), and imports pkg_resources, so it
+#   builds in _mmcv_wheel.sh's throwaway venv with setuptools<70 (the runtime
+#   venv keeps the setuptools>=77 torch asks for).
+# - Never check `import mmcv` from inside the unpacked sdist folder: its
+#   mmcv/ (without the compiled _ext) shadows the installed package. An mmcv
+#   without ops is not enough anyway: mmseg 1.2.2's mmseg.utils imports
+#   mmcv.ops (mmseg/utils/mask_classification.py).
+# - mmsegmentation 1.2.2 imports ftfy and regex (mmseg/utils/tokenizer.py,
+#   imported by mmseg.utils itself) without declaring them: requirements/mmseg1.txt
+#   lists them.
+# - mmengine 0.10.7 resolves `mmseg::` config inheritance
+#   (`_base_ = ['mmseg::_base_/default_runtime.py']`) with pkg_resources:
+#   "ModuleNotFoundError: No module named 'pkg_resources'" under the
+#   setuptools 84 that torch's `setuptools>=77.0.3` pulls in (setuptools 82
+#   dropped it). requirements/mmseg1.txt keeps setuptools below 82 (81 warns
+#   that pkg_resources is deprecated, and works).
+# - sar's setup.py pins mmsegmentation<0.31 (the 0.x glue): it is installed
+#   here with --no-deps, so pip neither downgrades mmseg nor complains. Its
+#   presence is checked with find_spec, not `import sar`: a sar without the
+#   1.x glue refuses to import next to mmseg 1.x.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV_MMSEG1:-$ROOT/.venv-mmseg1}"
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+MMCV_PACKAGE=mmcv
+MMCV_VERSION=2.1.0
+MMENGINE_VERSION="$(sed -n 's/^mmengine==//p' "$ROOT/requirements/mmseg1.txt")"
+MMSEG_VERSION="$(sed -n 's/^mmsegmentation==//p' "$ROOT/requirements/mmseg1.txt")"
+WHEEL_CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sar/wheels}"
+LOCAL_CACHE="$ROOT/.cache/wheels"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+
+log() { printf '[setup_env_mmseg1] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV with $PYTHON"
+    if [ "${SAR_SYSTEM_SITE:-0}" = 1 ]; then
+        "$PYTHON" -m venv --system-site-packages "$VENV"
+    else
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+
+# Checks run in an empty folder: `python -c` puts the working directory first
+# on sys.path, where an unpacked mmcv sdist or the project's own sar/ would
+# shadow what is installed.
+EMPTY="$(mktemp -d)"
+trap 'rm -rf "$EMPTY"' EXIT
+has() { (cd "$EMPTY" && "$PY" "$@") >/dev/null 2>&1; }
+
+# 1. torch + torchvision. An existing torch is kept whatever its version.
+if ! has -c 'import torch, torchvision'; then
+    log "installing $TORCH_SPEC"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" install $TORCH_SPEC
+fi
+
+# shellcheck source=tools/_mmcv_wheel.sh
+source "$ROOT/tools/_mmcv_wheel.sh"
+
+# 2. mmcv with compiled ops, from the wheel cache or built from its sdist.
+if ! has -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')"; then
+    install_mmcv_wheel "$PY" "$MMCV_PACKAGE" "$MMCV_VERSION"
+fi
+
+# 3. mmengine, mmsegmentation, this package and the test tools.
+if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
+   || ! has -c 'import pytest, ftfy, regex, pkg_resources' \
+   || ! has -c "import importlib.util as u, os, sys; s = u.find_spec('sar'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.realpath(s.origin))) != os.path.realpath('$ROOT'))"; then
+    log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and pytest"
+    "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" pytest
+    "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+fi
+
+# 4. The check of the whole stack, which also says what is there.
+if ! READY="$(cd "$EMPTY" && "$PY" -c '
+import torch, mmcv, mmcv.ops, mmengine, mmseg
+from mmseg.utils import register_all_modules
+register_all_modules()
+print("torch", torch.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "mmseg", mmseg.__version__)
+' 2>"$EMPTY/err")"; then
+    tail -n 20 "$EMPTY/err" >&2
+    echo "setup_env_mmseg1: mmseg 1.x does not import in $VENV" >&2
+    exit 1
+fi
+log "ready: $READY"
