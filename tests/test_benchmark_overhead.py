@@ -124,8 +124,10 @@ def test_smoke_run_end_to_end(tmp_path):
     checks = res['checks']
     assert checks['inference_logits_equal'] is True
     assert checks['pull_loss_last']['sar_pull_active'] > 0
-    if checks['gate_stayed_closed']:
-        assert checks['pull_loss_last']['sar_gate_closed'] == 0
+    # The gate-closed variant measures what it says, however fast its
+    # anchors learn (it once opened within 35 GPU steps).
+    assert checks['gate_stayed_closed'] is True
+    assert checks['pull_loss_last']['sar_gate_closed'] == 0
     assert set(res['noise']) == {'baseline_step_spread',
                                  'baseline_inference_spread'}
     for title in ('train step time', 'peak memory', 'inference time',

@@ -22,7 +22,7 @@ project's own tools, as a user types them, in a subprocess with a time limit:
 The report is written after every step, so a run cut short still says what
 it did: ``OUT/gpu_check.json``, ``OUT/gpu_check.txt`` and the step logs in
 ``OUT/logs.tar.gz``. The exit status is 0 only when every step ran and
-passed. Each step has a time limit; the budget is their sum (560 s on the
+passed. Each step has a time limit; the budget is their sum (590 s on the
 GPU) and ``--budget`` caps it. The steps and the report are
 :mod:`sar.mmseg0x.gpu_check`'s.
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='data, configs, checkpoints '
                         '(default: a temporary folder, removed at the end)')
     parser.add_argument('--budget', type=float, help='seconds for all '
-                        'steps (default: the sum of their limits, 560 on '
+                        'steps (default: the sum of their limits, 590 on '
                         'the GPU)')
     parser.add_argument('--only', nargs='+', help='run only these steps '
                         '(env and data always run)')
