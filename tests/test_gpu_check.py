@@ -256,3 +256,36 @@ def test_a_terminated_check_stops_its_step_and_still_reports(tmp_path):
     left = subprocess.run(['pgrep', '-f', str(work)], capture_output=True,
                           text=True).stdout.split()
     assert left == []
+
+
+def test_the_wheel_set_replaces_only_what_it_wrote(tmp_path):
+    # DEVICE_OUT may name a folder of the user's: build_device_wheels.sh
+    # once ran rm -rf on it.
+    new_set, out = tmp_path / 'set', tmp_path / 'mine'
+    new_set.mkdir()
+    out.mkdir()
+    (new_set / 'a-2.0-py3-none-any.whl').write_bytes(b'new a')
+    (out / 'a-1.0-py3-none-any.whl').write_bytes(b'old a')
+    (out / 'gone-1.0-py3-none-any.whl').write_bytes(b'old, listed')
+    (out / 'SHA256SUMS').write_text(
+        'x  a-1.0-py3-none-any.whl\nx  gone-1.0-py3-none-any.whl\n'
+        'x  ../outside.txt\n')
+    (out / 'notes.txt').write_text('precious')
+    (out / 'other-1.0-py3-none-any.whl').write_bytes(b'not listed')
+    (tmp_path / 'outside.txt').write_text('beside the folder')
+    subprocess.run(['bash', '-c', f'cd {new_set} && sha256sum *.whl > '
+                    'SHA256SUMS'], check=True)
+    script = osp.join(ROOT, 'tools', '_device_set.sh')
+    proc = subprocess.run(
+        ['bash', '-c', f'set -euo pipefail; source {script}; '
+         f'place_device_set {new_set} {out} /path/of/twin'],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == [
+        'SHA256SUMS', 'a-2.0-py3-none-any.whl', 'notes.txt',
+        'other-1.0-py3-none-any.whl', 'twin']
+    assert (out / 'notes.txt').read_text() == 'precious'
+    assert (tmp_path / 'outside.txt').read_text() == 'beside the folder'
+    assert (out / 'twin').read_text() == '/path/of/twin\n'
+    assert (out / 'SHA256SUMS').read_text() == \
+        (new_set / 'SHA256SUMS').read_text()

@@ -15,7 +15,8 @@
 #    of the extension is debug information);
 # 3. the pure-Python wheels of requirements/device.txt;
 # 4. all of them in .device/wheels (git-ignored) with SHA256SUMS, under the
-#    device tool's 64 MiB limit for what travels.
+#    device tool's 64 MiB limit for what travels; a folder named by
+#    DEVICE_OUT keeps whatever else it holds (tools/_device_set.sh).
 #
 # Idempotent and cached like setup_env.sh's wheel: the set is kept in
 # $WHEEL_CACHE/device/<tag>-<hash of its recipe> and the twin in
@@ -42,6 +43,8 @@ export FORCE_CUDA=0
 log() { printf '[build_device_wheels] %s\n' "$*"; }
 # shellcheck source=tools/_mmcv_wheel.sh
 source "$ROOT/tools/_mmcv_wheel.sh"
+# shellcheck source=tools/_device_set.sh
+source "$ROOT/tools/_device_set.sh"
 
 is_py312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; }
 if [ -z "${PYTHON312:-}" ]; then
@@ -123,9 +126,5 @@ if [ "$SIZE" -gt "$LIMIT_BYTES" ]; then
     echo "build_device_wheels: the set is $SIZE bytes, over $LIMIT_BYTES" >&2
     exit 1
 fi
-rm -rf "$DEVICE_OUT"
-mkdir -p "$DEVICE_OUT"
-cp "$SET"/*.whl "$SET/SHA256SUMS" "$DEVICE_OUT/"
-(cd "$DEVICE_OUT" && sha256sum --quiet -c SHA256SUMS)
-echo "$TWIN" > "$DEVICE_OUT/../twin"
+place_device_set "$SET" "$DEVICE_OUT" "$TWIN"
 log "ready: $(ls "$DEVICE_OUT"/*.whl | wc -l) wheels, $((SIZE / 1024)) KiB in $DEVICE_OUT (twin: $TWIN)"

@@ -15,9 +15,9 @@
 #
 # On the GPU machine the interpreter is `python3` (the one with torch), or
 # PYTHON. With --cpu it is the twin virtualenv's, whose path
-# build_device_wheels.sh left in .device/twin: Python 3.12, torch 2.11 and
-# the machine's other packages, so the rehearsal installs and imports
-# exactly what the machine will. Further arguments go to gpu_check.py
+# build_device_wheels.sh left in .device/wheels/twin: Python 3.12, torch
+# 2.11 and the machine's other packages, so the rehearsal installs and
+# imports exactly what the machine will. Further arguments go to gpu_check.py
 # (--budget SECONDS, --only STEP ..., --work-dir DIR).
 set -euo pipefail
 
@@ -42,9 +42,9 @@ fi
 if [ -n "${PYTHON:-}" ]; then
     PY="$PYTHON"
 elif [ ${#MODE[@]} -gt 0 ]; then
-    PY="$(cat "$WHEELS/../twin" 2>/dev/null || true)/bin/python"
+    PY="$(cat "$WHEELS/twin" 2>/dev/null || true)/bin/python"
     if [ ! -x "$PY" ]; then
-        echo "gpu_check --cpu: no twin virtualenv ($WHEELS/../twin): run" \
+        echo "gpu_check --cpu: no twin virtualenv ($WHEELS/twin): run" \
              "'bash tools/build_device_wheels.sh' first" >&2
         exit 2
     fi
