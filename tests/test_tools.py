@@ -293,3 +293,20 @@ def test_slurm_scripts_pass_arguments_through(tmp_path):
     out = run(['bash', 'tools/slurm_test.sh', 'part', 'job', 'cfg.py',
                'ckpt.pth', '--eval', 'mIoU'], **env)
     assert 'tools/test.py cfg.py ckpt.pth --eval mIoU --launcher slurm' in out
+
+
+def test_make_clean_keeps_the_users_runs(tmp_path):
+    # tools/train.py puts every run under work_dirs/<config>; make clean
+    # once removed all of work_dirs.
+    made = ['work_dirs/demo/sar/latest.pth',
+            'work_dirs/benchmark_accuracy/seed0/log.json',
+            'data/digitscenes-lt/meta.json', 'data/shapes/img_dir/a.png']
+    kept = ['work_dirs/my_config/iter_80000.pth', 'data/cityscapes/x.png']
+    for name in made + kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    proc = subprocess.run(['make', '-f', osp.join(ROOT, 'Makefile'), 'clean'],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [n for n in made if (tmp_path / n).exists()] == []
+    assert all((tmp_path / n).read_text() == n for n in kept)
