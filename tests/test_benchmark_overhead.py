@@ -1,4 +1,5 @@
-"""tools/benchmark_overhead.py: twin weights, and the --smoke run end to end.
+"""tools/benchmark_overhead.py and sar.mmseg0x.overhead: twin weights, and
+the --smoke run end to end.
 
 Only the structure of its output is tested; the speed targets are read from
 the printed ratios of a real run, never asserted on timings here.
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from conftest import DEMO_BASELINE, ROOT
+from sar.mmseg0x import overhead
 from test_tools import PY, run
 
 VARIANTS = ['baseline', 'sar_gate_closed', 'sar_pull_active']
@@ -39,9 +41,9 @@ def tool():
 
 def test_sar_model_gets_the_baseline_weights(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = tool.build_variant(args, 'baseline')
+    base, _ = overhead.build_variant(args, 'baseline')
     torch.manual_seed(123)  # a different init than the baseline's
-    model, _ = tool.build_variant(args, 'sar_gate_closed', base)
+    model, _ = overhead.build_variant(args, 'sar_gate_closed', base)
     plain = model.state_dict()
     for key, value in base.state_dict().items():
         sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
@@ -52,13 +54,13 @@ def test_sar_model_gets_the_baseline_weights(tool):
 
 def test_pull_active_variant_pulls_from_the_first_step(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = tool.build_variant(args, 'baseline')
-    model, optimizer = tool.build_variant(args, 'sar_pull_active', base)
+    base, _ = overhead.build_variant(args, 'baseline')
+    model, optimizer = overhead.build_variant(args, 'sar_pull_active', base)
     reg = model.decode_head.sar_loss
     assert reg.pull_mode == 'after_init' and bool(reg.initialised)
     assert reg.semantic_anchors.abs().sum() > 0
-    log_vars = tool.train_step(model, optimizer, tool.fixed_batch(model,
-                                                                  args))
+    batch = overhead.fixed_batch(model, args)
+    log_vars = overhead.train_step(model, optimizer, batch)
     assert log_vars['decode.loss_sar_pull'] > 0
 
 
@@ -71,20 +73,20 @@ def test_configs_that_are_not_twins_are_refused(tool, tmp_path):
                      "num_classes=4)))\n")
     args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
                             str(other)])
-    base, _ = tool.build_variant(args, 'baseline')
+    base, _ = overhead.build_variant(args, 'baseline')
     with pytest.raises(ValueError, match='not twins'):
-        tool.build_variant(args, 'sar_gate_closed', base)
+        overhead.build_variant(args, 'sar_gate_closed', base)
     args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
                             DEMO_BASELINE])
     with pytest.raises(ValueError, match='not a SARHead'):
-        tool.build_variant(args, 'sar_gate_closed', base)
+        overhead.build_variant(args, 'sar_gate_closed', base)
 
 
 def test_defaults_follow_the_device(tool):
     cpu = tool.parse_args(['--device', 'cpu'])
     assert (cpu.size, cpu.batch, cpu.steps, cpu.warmup) == (256, 2, 10, 2)
-    assert cpu.baseline == osp.join(ROOT, tool.PAPER[0])
-    assert cpu.sar == osp.join(ROOT, tool.PAPER[1])
+    assert cpu.baseline == osp.join(ROOT, overhead.PAPER[0])
+    assert cpu.sar == osp.join(ROOT, overhead.PAPER[1])
     smoke = tool.parse_args(['--smoke', '--device', 'cpu', '--steps', '3'])
     assert (smoke.size, smoke.batch, smoke.steps) == (32, 2, 3)
 
