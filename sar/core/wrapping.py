@@ -9,9 +9,12 @@ Shape shorthand: C classes, D the classifier's input channels, B batch,
 h x w the decode feature map.
 """
 import contextlib
+import inspect
 import math
 
 from torch import nn
+
+from .regularizer import SemanticAnchorRegularizer, check_label_values
 
 # Norm types (mmcv's names, the same in mmcv 1.x and 2.x) that cannot
 # normalise the projector's (C, D, 1, 1) input, and why. BN/BN2d, SyncBN
@@ -238,3 +241,126 @@ def wrap_plain_head_keys(state_dict, prefix, local_metadata, strict,
             rest = name[len(prefix):]
             if rest.split('.')[0] not in ('head', 'sar_loss'):
                 metadata[f'{prefix}head.{rest}'] = metadata[name]
+
+
+def norm_factory(norm_cfg, build_norm_layer):
+    """``dim -> nn.Module`` from an mmcv norm config, for the projector.
+
+    Unfit norm types are refused here, at build time, with the fix
+    (:func:`projector_norm_cfg`).
+
+    Args:
+        norm_cfg (dict | None): an mmcv norm config; None means BN.
+        build_norm_layer (callable): the generation's mmcv
+            ``build_norm_layer(cfg, num_features) -> (name, module)``.
+    """
+    norm_cfg = projector_norm_cfg(norm_cfg)
+
+    def build(dim):
+        return build_norm_layer(norm_cfg, dim)[1]
+
+    return build
+
+
+class SemanticAnchorLossBase(SemanticAnchorRegularizer):
+    """The regularizer under mmseg's loss contract, for both generations.
+
+    Each generation registers a thin subclass that turns ``norm_cfg`` into
+    a norm factory with its own mmcv (:func:`norm_factory`). Returns the
+    entries of :func:`loss_outputs`.
+
+    Args:
+        num_classes (int): C.
+        channels (int): D.
+        norm_layer (callable): ``norm_layer(D)``, see
+            :class:`sar.core.AnchorProjector`.
+        loss_weight (float): scales both losses on top of their own weights.
+        loss_name (str): prefix of the loss keys; must start with 'loss_'.
+        **kwargs: the hyperparameters of
+            :class:`sar.core.SemanticAnchorRegularizer`.
+
+    Shape:
+        feats (B, D, h, w), labels (B, 1, H, W) long; classifier maps
+        (C, D) -> (C, C).
+    """
+
+    def __init__(self, num_classes, channels, norm_layer, loss_weight=1.0,
+                 loss_name='loss_sar', **kwargs):
+        check_loss_settings(loss_weight, loss_name)
+        super().__init__(num_classes, channels, norm_layer=norm_layer,
+                         **kwargs)
+        self.loss_weight = loss_weight
+        self._loss_name = loss_name
+
+    @property
+    def loss_name(self):
+        """Prefix of the loss keys, as in mmseg's loss contract."""
+        return self._loss_name
+
+    def forward(self, feats, labels, classifier, check_labels=True):
+        out = super().forward(feats, labels, classifier, check_labels)
+        return loss_outputs(out, self.loss_name, self.loss_weight)
+
+
+class HeadWrapperMixin:
+    """What both generations' ``SARHead`` do, over their own module base.
+
+    Mixed in before the generation's ``BaseModule``: the wrapped head under
+    ``head``, the SAR loss under ``sar_loss``, the attributes of
+    :data:`FORWARDED` read through to the head, and the training step that
+    adds SAR's losses to the head's.
+    """
+
+    def _wrap(self, head, sar_loss, build, base_class):
+        """Build and check the head and the loss; see the module's checks.
+
+        Args:
+            head (dict): the wrapped head's config.
+            sar_loss (dict): the ``SemanticAnchorLoss`` config.
+            build (callable): the generation's registry build, cfg -> module.
+            base_class (type): the generation's ``BaseDecodeHead``.
+        """
+        refuse_nested(head, type(self).__name__)
+        self.head = build(head)
+        check_wrappable(self.head, base_class)
+        self.sar_loss = build(loss_cfg_for_head(sar_loss, self.head))
+        self._register_load_state_dict_pre_hook(wrap_plain_head_keys)
+
+    def __getattr__(self, name):
+        if name in FORWARDED:
+            return getattr(self._modules['head'], name)
+        return super().__getattr__(name)
+
+    def _classify_anchors(self, embedded):
+        return classify_anchors(self.head.conv_seg, embedded)
+
+    def _losses_with_sar(self, labels, head_losses):
+        """``head_losses()`` (the head's own loss call) plus SAR's entries.
+
+        Args:
+            labels (Tensor): the batch's labels, checked before the head's
+                own loss, whose error for bad values names nothing (CPU) or
+                is a device-side assert (CUDA).
+            head_losses (callable): runs the wrapped head's training loss
+                and returns its dict.
+
+        Shape:
+            labels (B, 1, H, W) long.
+        """
+        check_label_values(labels, self.sar_loss.num_classes,
+                           self.sar_loss.ignore_index)
+        with capture_classifier_input(self.head) as captured:
+            losses = head_losses()
+        feats = last_feature(captured, self.head)
+        sar_losses = self.sar_loss(feats, labels, self._classify_anchors,
+                                   check_labels=False)
+        return merge_losses(losses, sar_losses)
+
+
+def bound_argument(method, name, args, kwargs):
+    """The value ``method(*args, **kwargs)`` would receive as ``name``.
+
+    The wrappers take their head's training arguments unchanged (plain and
+    cascade heads differ in them) and read the labels by name.
+    """
+    return inspect.signature(method).bind(*args, **kwargs).arguments[name]

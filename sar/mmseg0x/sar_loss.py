@@ -2,25 +2,11 @@
 from mmcv.cnn import build_norm_layer
 from mmseg.models.builder import LOSSES
 
-from ..core import SemanticAnchorRegularizer, wrapping
-
-
-def norm_factory(norm_cfg):
-    """``dim -> nn.Module`` from an mmcv norm config, for the projector.
-
-    Unfit norm types are refused here, at build time, with the fix
-    (:func:`sar.core.wrapping.projector_norm_cfg`).
-    """
-    norm_cfg = wrapping.projector_norm_cfg(norm_cfg)
-
-    def build(dim):
-        return build_norm_layer(norm_cfg, dim)[1]
-
-    return build
+from ..core import wrapping
 
 
 @LOSSES.register_module()
-class SemanticAnchorLoss(SemanticAnchorRegularizer):
+class SemanticAnchorLoss(wrapping.SemanticAnchorLossBase):
     """Semantic Anchor Regularization as an mmseg loss.
 
     Called with the head's features, the labels and the head's classifier;
@@ -38,6 +24,7 @@ class SemanticAnchorLoss(SemanticAnchorRegularizer):
         channels (int): D; SARHead fills it in (the classifier's input).
         norm_cfg (dict, optional): norm layer of the projector; SARHead
             passes the wrapped head's ``norm_cfg`` (BN if it has none).
+            Unfit types are refused at build time with the fix.
         loss_weight (float): scales both losses on top of their own weights.
         loss_name (str): prefix of the loss keys; must start with 'loss_' so
             mmseg adds them to the total.
@@ -60,17 +47,6 @@ class SemanticAnchorLoss(SemanticAnchorRegularizer):
                  loss_weight=1.0,
                  loss_name='loss_sar',
                  **kwargs):
-        wrapping.check_loss_settings(loss_weight, loss_name)
-        super().__init__(
-            num_classes, channels, norm_layer=norm_factory(norm_cfg), **kwargs)
-        self.loss_weight = loss_weight
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self):
-        """Prefix of the loss keys, as in mmseg's loss contract."""
-        return self._loss_name
-
-    def forward(self, feats, labels, classifier, check_labels=True):
-        out = super().forward(feats, labels, classifier, check_labels)
-        return wrapping.loss_outputs(out, self.loss_name, self.loss_weight)
+        super().__init__(num_classes, channels,
+                         wrapping.norm_factory(norm_cfg, build_norm_layer),
+                         loss_weight, loss_name, **kwargs)
