@@ -1,9 +1,10 @@
 """Semantic Anchor Regularization (SAR) for mmsegmentation.
 
 ``import sar`` (what ``custom_imports = dict(imports=['sar'])`` runs)
-registers ``SARHead`` and ``SemanticAnchorLoss`` into the registries of the
-installed mmseg generation: :mod:`sar.mmseg0x` for mmseg 0.x (which also
-applies its torch 2.x shims). Without mmseg, the plain-torch layers are
+registers ``SARHead``, ``SemanticAnchorLoss`` and ``DigitScenesDataset`` into
+the registries of the installed mmseg generation: :mod:`sar.mmseg0x` for
+mmseg 0.x, :mod:`sar.mmseg1x` for mmseg 1.x (each checks its versions and
+applies its shims), and never the other. Without mmseg, the plain-torch layers are
 there alone: the method (:mod:`sar.core`), data generation
 (:mod:`sar.data`), evaluation (:mod:`sar.evaluation`) and checkpoint
 conversion (:mod:`sar.checkpoints`). Imports run one way: a generation's
@@ -37,8 +38,12 @@ if _GENERATION == 0:
     from .mmseg0x import SARHead, SemanticAnchorLoss  # noqa: E402
 
     __all__ += ['SARHead', 'SemanticAnchorLoss']
+elif _GENERATION == 1:
+    from .mmseg1x import SARHead, SemanticAnchorLoss  # noqa: E402
+
+    __all__ += ['SARHead', 'SemanticAnchorLoss']
 elif _GENERATION is not None:
     raise ImportError(
         f'sar: mmseg {_GENERATION}.x is installed; this version of sar '
-        'registers its heads for mmseg 0.30 only. Install mmsegmentation '
-        '0.30.0 (make install builds such an environment).')
+        'registers its heads for mmseg 0.30 and 1.2-1.4 only '
+        '(make install and make install-mmseg1 build such environments).')

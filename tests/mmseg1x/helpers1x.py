@@ -1,0 +1,239 @@
+"""What the tests of the 1.x glue share: tiny configs, batches, runs.
+
+Shape shorthand: B batch, H x W the input (and label) size.
+"""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import mmseg
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+
+HERE = osp.dirname(osp.abspath(__file__))
+ROOT = osp.dirname(osp.dirname(HERE))
+PLUGINS = osp.join(ROOT, 'tests', 'plugins')
+MIM = osp.join(osp.dirname(mmseg.__file__), '.mim')
+TRAIN = osp.join(MIM, 'tools', 'train.py')
+TEST = osp.join(MIM, 'tools', 'test.py')
+PY = sys.executable
+NORM = dict(type='BN')
+
+
+def fcn_cfg(**kwargs):
+    """A tiny FCN head: 6 input channels, D=8, C=3."""
+    cfg = dict(type='FCNHead', in_channels=6, channels=8, num_convs=1,
+               num_classes=3, dropout_ratio=0.0, norm_cfg=NORM)
+    cfg.update(kwargs)
+    return cfg
+
+
+def samples(labels):
+    """SegDataSamples holding ``labels`` as their ``gt_sem_seg``.
+
+    Shape:
+        labels (B, 1, H, W) long.
+    """
+    size = tuple(labels.shape[-2:])
+    out = []
+    for label in labels:
+        sample = SegDataSample(metainfo=dict(
+            img_shape=size, ori_shape=size, pad_shape=size))
+        sample.gt_sem_seg = PixelData(data=label)
+        out.append(sample)
+    return out
+
+
+def inputs(B=2, size=8, seed=0, num_classes=3, in_channels=6):
+    """x [(B, in_channels, size, size)], labels (B, 1, 4 size, 4 size)."""
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.randn(B, in_channels, size, size, generator=g)]
+    labels = torch.randint(0, num_classes, (B, 1, size * 4, size * 4),
+                           generator=g)
+    labels[0, :, :4] = 255
+    return x, labels
+
+
+def segmentor_cfg(decode_head=None, sar=True, **kwargs):
+    """EncoderDecoder: ResNetV1c-18 at 1/32 width + a tiny FCN head, C=3.
+
+    A ConfigDict (the runner's type): ``EncoderDecoder.inference`` reads
+    ``test_cfg.mode`` as an attribute.
+    """
+    head = decode_head or dict(type='FCNHead', in_channels=64, channels=8,
+                               num_convs=1, num_classes=3,
+                               dropout_ratio=0.1, norm_cfg=NORM)
+    if sar:
+        head = dict(type='SARHead', head=head)
+    cfg = dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0, 0, 0],
+                               std=[1, 1, 1], size=(32, 32)),
+        backbone=dict(type='ResNetV1c', depth=18, stem_channels=8,
+                      base_channels=8, out_indices=(3, ), norm_cfg=NORM,
+                      dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1)),
+        decode_head=head, train_cfg=dict(), test_cfg=dict(mode='whole'))
+    cfg.update(kwargs)
+    return ConfigDict(cfg)
+
+
+def image_batch(B=2, size=32, seed=0, num_classes=3):
+    """imgs (B, 3, H, W) and their samples with random labels."""
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.randn(B, 3, size, size, generator=g)
+    labels = torch.randint(0, num_classes, (B, 1, size, size), generator=g)
+    return imgs, samples(labels)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def run(args, timeout=600, expect=0, **env):
+    """Run a command as a user does (one OpenMP thread), return its output.
+
+    ``tests/plugins`` is on the path for test-only hooks.
+    """
+    full_env = dict(os.environ, PYTHONPATH=PLUGINS, OMP_NUM_THREADS='1',
+                    **env)
+    proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == expect, out[-6000:]
+    return out
+
+
+def load_config(path):
+    return Config.fromfile(path)
+
+
+# The paper's model shape (HRNet branches resize-concatenated into a 1x1 FCN
+# head, no dropout) at a few channels per branch, with mmseg's SyncBN: the
+# 0.x suite's configs/_base_/models/fcn_hrtiny.py in 1.x style.
+HRTINY = '''
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+head = dict(
+    type='FCNHead', in_channels=[8, 16, 32, 64], in_index=(0, 1, 2, 3),
+    channels=120, input_transform='resize_concat', kernel_size=1,
+    num_convs=1, concat_input=False, dropout_ratio=-1, num_classes=4,
+    norm_cfg=norm_cfg, align_corners=False,
+    loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                     loss_weight=1.0))
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=dict(
+        type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+        seg_pad_val=255, size=({size}, {size})),
+    backbone=dict(
+        type='HRNet', norm_cfg=norm_cfg, norm_eval=False,
+        extra=dict(
+            stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
+                        num_blocks=(1, ), num_channels=(8, )),
+            stage2=dict(num_modules=1, num_branches=2, block='BASIC',
+                        num_blocks=(1, 1), num_channels=(8, 16)),
+            stage3=dict(num_modules=1, num_branches=3, block='BASIC',
+                        num_blocks=(1, 1, 1), num_channels=(8, 16, 32)),
+            stage4=dict(num_modules=1, num_branches=4, block='BASIC',
+                        num_blocks=(1, 1, 1, 1),
+                        num_channels=(8, 16, 32, 64)))),
+    decode_head={decode_head},
+    train_cfg=dict(), test_cfg=dict(mode='whole'))
+'''
+
+SHAPES = '''
+dataset = dict(
+    type='BaseSegDataset', data_root=r'{root}', img_suffix='.png',
+    seg_map_suffix='.png',
+    metainfo=dict(classes=('background', 'square', 'disc', 'bar'),
+                  palette=[[0, 0, 0], [220, 20, 60], [0, 128, 255],
+                           [255, 200, 0]]))
+train_dataloader = dict(
+    batch_size={batch}, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        **dataset,
+        data_prefix=dict(img_path='img_dir/train',
+                         seg_map_path='ann_dir/train'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='RandomFlip', prob={flip}),
+                  dict(type='PackSegInputs')]))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        **dataset,
+        data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='PackSegInputs')]))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+'''
+
+# mmseg's default runtime, NCCL backend included: a CPU machine must cope.
+RUNTIME = '''
+default_scope = 'mmseg'
+env_cfg = dict(cudnn_benchmark=False,
+               mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+               dist_cfg=dict(backend='nccl'))
+log_processor = dict(by_epoch=False)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, diff_rank_seed={diff_rank_seed})
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(
+    type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4))
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0,
+                        end={iters}, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters={iters},
+                 val_interval={iters})
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False,
+                    interval={checkpoint}),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+'''
+
+
+def write_config(path, root, iters, sar=True, batch=2, flip=0.5, size=32,
+                 checkpoint=None, diff_rank_seed=False, imports=(),
+                 hooks=()):
+    """A 1.x config of the tiny HRNet FCN (SAR-wrapped or not) on the
+    shapes data at ``root``; returns its path.
+
+    Args:
+        imports: plugin modules (tests/plugins) to import besides sar.
+        hooks: ``custom_hooks`` entries.
+    """
+    head = "dict(type='SARHead', head=head)" if sar else 'head'
+    text = (HRTINY.format(size=size, decode_head=head)
+            + SHAPES.format(root=root, batch=batch, flip=flip)
+            + RUNTIME.format(iters=iters, checkpoint=checkpoint or iters,
+                             diff_rank_seed=diff_rank_seed))
+    if sar or imports:
+        text += (f'custom_imports = dict(imports={["sar", *imports]!r}, '
+                 'allow_failed_imports=False)\n')
+    if hooks:
+        text += f'custom_hooks = {list(hooks)!r}\n'
+    with open(path, 'w') as f:
+        f.write(text)
+    return str(path)
+
+
+def read_json_lines(path):
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
