@@ -1,7 +1,10 @@
 """The demo's report pieces on tiny inputs: table, summary line, log
-reading, picture, and the choice of pictured scenes."""
+reading, picture, and the choice of pictured scenes; the fairness of its
+two configs and commands, and the order in which it runs its tools (with
+stand-ins for the tools)."""
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -126,3 +129,76 @@ def test_demo_pictures_the_first_scenes_with_tail_digits(tmp_path):
         '00001.png', '00003.png', '00004.png']
     configs = set(demo.CONFIGS.values())
     assert all(osp.isfile(osp.join(ROOT, c)) for c in configs)
+
+
+def test_baseline_and_sar_differ_only_in_the_decode_head():
+    """A fair demo: same data, schedule, seed and backbone for both."""
+    from mmcv.utils import Config
+    demo = load_demo()
+    base, sar = (Config.fromfile(osp.join(ROOT, demo.CONFIGS[m]))._cfg_dict
+                 .to_dict() for m in ('baseline', 'SAR'))
+    assert base['model'].pop('decode_head')['type'] == 'FCNHead'
+    assert sar['model'].pop('decode_head')['type'] == 'SARHead'
+    sar.pop('custom_imports')
+    assert sar == base
+
+
+def test_demo_commands_give_both_methods_the_same_schedule():
+    import argparse
+    demo = load_demo()
+    args = argparse.Namespace(seed=7, iters=20)
+    commands = {m: demo.train_command(c, f'w/{m}', args)
+                for m, c in demo.CONFIGS.items()}
+    for method, cmd in commands.items():
+        assert cmd[:2] == ['tools/train.py', demo.CONFIGS[method]]
+        assert cmd[2:4] == ['--work-dir', f'w/{method}']
+    assert commands['baseline'][4:] == commands['SAR'][4:] == [
+        '--no-validate', '--deterministic', '--seed', '7', '--cfg-options',
+        'runner.max_iters=20', 'checkpoint_config.interval=20']
+    assert demo.test_command('c.py', 'w') == [
+        'tools/test.py', 'c.py', osp.join('w', 'latest.pth'), '--eval',
+        'mIoU', '--work-dir', 'w']
+
+
+# Stand-ins for tools/train.py and tools/test.py: the "training" leaves a
+# mark and mmseg's log, the "test" writes an evaluation file recording
+# whether the training had ended and its OMP_NUM_THREADS.
+FAKE_TRAIN = '''
+import json, os, sys, time
+work = sys.argv[1]
+time.sleep(float(sys.argv[2]))
+open(os.path.join(work, 'x.log.json'), 'w').write(
+    json.dumps({'mode': 'train', 'iter': 5}) + '\\n')
+open(os.path.join(work, 'trained'), 'w').close()
+'''
+FAKE_TEST = '''
+import json, os, sys
+work = sys.argv[1]
+metric = dict(mIoU=float(sys.argv[2]),
+              trained=os.path.exists(os.path.join(work, 'trained')),
+              threads=os.environ['OMP_NUM_THREADS'])
+open(os.path.join(work, 'eval_1.json'), 'w').write(
+    json.dumps(dict(metric=metric)))
+'''
+
+
+def test_each_method_is_tested_after_its_training(tmp_path, monkeypatch):
+    import argparse
+    demo = load_demo()
+    seconds = dict(baseline=0.1, SAR=1.5)  # the baseline ends first
+    monkeypatch.setattr(demo, 'train_command', lambda config, work, args: [
+        '-c', FAKE_TRAIN, work,
+        str(seconds['SAR' if 'sar' in work else 'baseline'])])
+    monkeypatch.setattr(demo, 'test_command', lambda config, work: [
+        '-c', FAKE_TEST, work, '0.5' if 'sar' in work else '0.25'])
+    works = {m: str(tmp_path / m.lower()) for m in demo.CONFIGS}
+    args = argparse.Namespace(jobs=2, iters=5, progress_every=0.2, seed=None)
+    metrics = demo.train_and_test_all(works, args, 0.0)
+    assert metrics == dict(
+        baseline=dict(mIoU=0.25, trained=True, threads=str(max(
+            1, len(os.sched_getaffinity(0)) // 2))),
+        SAR=dict(mIoU=0.5, trained=True, threads=metrics['SAR']['threads']))
+    # The baseline was tested while SAR still trained: its evaluation is
+    # older than SAR's training mark.
+    assert os.path.getmtime(tmp_path / 'baseline' / 'eval_1.json') < \
+        os.path.getmtime(tmp_path / 'sar' / 'trained')

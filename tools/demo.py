@@ -23,30 +23,14 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = 'data/digitscenes-lt'  # the configs' data_root, relative to ROOT
 CONFIGS = {
     'baseline':
-    'configs/demo/fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
-    'SAR': 'configs/demo/sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
+    'configs/demo/fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
+    'SAR': 'configs/demo/sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
 }
 
 
-def run(*args):
-    print('+', ' '.join(args), flush=True)
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
-
-
-def start_training(config, work_dir, args, threads):
-    """tools/train.py in the background, its output in work_dir/train.out."""
-    cmd = ['tools/train.py', config, '--work-dir', work_dir, '--no-validate',
-           '--deterministic']
-    if args.seed is not None:
-        cmd += ['--seed', str(args.seed)]
-    if args.iters is not None:
-        cmd += ['--cfg-options', f'runner.max_iters={args.iters}',
-                f'checkpoint_config.interval={args.iters}']
-    os.makedirs(osp.join(ROOT, work_dir), exist_ok=True)
-    for old in glob.glob(osp.join(ROOT, work_dir, '*.log.json')) + \
-            glob.glob(osp.join(ROOT, work_dir, 'eval_*.json')):
-        os.remove(old)
-    out = osp.join(work_dir, 'train.out')
+def start_tool(cmd, out, threads):
+    """A tool of tools/ in the background, one ``threads`` each, its output
+    in ``out`` (relative to ROOT)."""
     print('+', ' '.join(cmd), '>', out, f'(OMP_NUM_THREADS={threads})',
           flush=True)
     with open(osp.join(ROOT, out), 'w') as f:
@@ -54,6 +38,22 @@ def start_training(config, work_dir, args, threads):
             [sys.executable, *cmd], cwd=ROOT, stdout=f,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+
+
+def train_command(config, work_dir, args):
+    cmd = ['tools/train.py', config, '--work-dir', work_dir, '--no-validate',
+           '--deterministic']
+    if args.seed is not None:
+        cmd += ['--seed', str(args.seed)]
+    if args.iters is not None:
+        cmd += ['--cfg-options', f'runner.max_iters={args.iters}',
+                f'checkpoint_config.interval={args.iters}']
+    return cmd
+
+
+def test_command(config, work_dir):
+    return ['tools/test.py', config, osp.join(work_dir, 'latest.pth'),
+            '--eval', 'mIoU', '--work-dir', work_dir]
 
 
 def logged_iter(work_dir):
@@ -64,49 +64,73 @@ def logged_iter(work_dir):
     return entries[-1]['iter'] if entries else 0
 
 
-def train_all(work_dirs, args, start):
-    """Train every config, ``args.jobs`` at a time, printing progress.
+def train_and_test_all(work_dirs, args, start):
+    """Train then test every config, ``args.jobs`` methods at a time.
 
-    Two single-threaded trainings side by side use two cores better than
-    one two-threaded training after the other (small convolutions scale
-    poorly over threads), and do not collapse when other processes share
-    the cores.
+    Each method's tools/test.py starts as soon as its own training ends, in
+    the slot the training leaves, so a baseline that finishes first is
+    tested while SAR still trains. Every tool gets cores/jobs threads (set
+    through OMP_NUM_THREADS): two single-threaded processes side by side
+    use two cores better than one two-threaded one after the other (small
+    convolutions scale poorly over threads), and, unlike OpenMP threads
+    that wait on each other at every operation, do not collapse when other
+    processes share the cores (a 2-thread tools/test.py took 138 s instead
+    of 8 s for the 200 val scenes on two cores shared with other work).
+
+    Returns:
+        dict: method -> mmseg's evaluation dict of tools/test.py.
     """
     from mmcv.utils import Config
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    iters = {m: args.iters or Config.fromfile(
+        osp.join(ROOT, c)).runner.max_iters for m, c in CONFIGS.items()}
     pending = list(CONFIGS.items())
-    running = {}
+    running = {}  # method -> [stage, process, output file]
+    metrics = {}
+    last_report = time.time()
     while pending or running:
         while pending and len(running) < args.jobs:
             method, config = pending.pop(0)
-            iters = args.iters or Config.fromfile(
-                osp.join(ROOT, config)).runner.max_iters
-            running[method] = (start_training(config, work_dirs[method],
-                                              args, threads), iters)
-        time.sleep(args.progress_every)
-        progress = ', '.join(
-            f'{m} {logged_iter(work_dirs[m])}/{iters}'
-            for m, (_, iters) in running.items())
-        print(f'[demo] {time.time() - start:.0f} s: training {progress} '
-              'iterations', flush=True)
-        for method, (proc, _) in list(running.items()):
+            work = work_dirs[method]
+            os.makedirs(osp.join(ROOT, work), exist_ok=True)
+            for old in glob.glob(osp.join(ROOT, work, '*.log.json')) + \
+                    glob.glob(osp.join(ROOT, work, 'eval_*.json')):
+                os.remove(old)
+            out = osp.join(work, 'train.out')
+            running[method] = ['train', start_tool(
+                train_command(config, work, args), out, threads), out]
+        # Polled every second, so that a test starts as soon as its
+        # training ends; reported every progress_every seconds.
+        time.sleep(min(1.0, args.progress_every))
+        if time.time() - last_report >= args.progress_every:
+            last_report = time.time()
+            stages = ', '.join(
+                f'{m} {logged_iter(work_dirs[m])}/{iters[m]} iterations'
+                if stage == 'train' else f'{m} testing'
+                for m, (stage, _, _) in running.items())
+            print(f'[demo] {time.time() - start:.0f} s: {stages}',
+                  flush=True)
+        for method, (stage, proc, out) in list(running.items()):
             if proc.poll() is None:
                 continue
-            del running[method]
             if proc.returncode != 0:
-                out = osp.join(work_dirs[method], 'train.out')
                 with open(osp.join(ROOT, out)) as f:
                     print(f.read()[-3000:])
-                sys.exit(f'[demo] {method} training failed, see {out}')
-
-
-def test(config, work_dir):
-    """tools/test.py on the trained model; mmseg's evaluation dict."""
-    run('tools/test.py', config, osp.join(work_dir, 'latest.pth'), '--eval',
-        'mIoU', '--work-dir', work_dir)
-    (result, ) = glob.glob(osp.join(ROOT, work_dir, 'eval_*.json'))
-    with open(result) as f:
-        return json.load(f)['metric']
+                sys.exit(f'[demo] {method} {stage} failed, see {out}')
+            work = work_dirs[method]
+            if stage == 'train':
+                out = osp.join(work, 'test.out')
+                running[method] = ['test', start_tool(
+                    test_command(CONFIGS[method], work), out, threads), out]
+                continue
+            del running[method]
+            (result, ) = glob.glob(osp.join(ROOT, work, 'eval_*.json'))
+            with open(result) as f:
+                metrics[method] = json.load(f)['metric']
+            print(f'[demo] {time.time() - start:.0f} s: {method} tested, '
+                  f'mIoU {100 * metrics[method]["mIoU"]:.2f} (mmseg\'s '
+                  f'tables in {out})', flush=True)
+    return metrics
 
 
 def tail_scenes(root, tail_ids, count):
@@ -123,11 +147,14 @@ def tail_scenes(root, tail_ids, count):
     return found
 
 
-def picture(names, work_dirs, out_file):
+def picture(names, work_dirs, out_file, threads):
     """image | ground truth | baseline | SAR for the named val scenes."""
     import numpy as np
+    import torch
     from mmseg.apis import inference_segmentor, init_segmentor
     from PIL import Image
+
+    torch.set_num_threads(threads)  # as the tools: no OpenMP contention
 
     from sar.data import DIGITSCENES_CLASSES, DIGITSCENES_PALETTE
     from sar.evaluation.visualize import comparison_figure
@@ -159,8 +186,8 @@ def main():
     parser.add_argument('--num-pictures', type=int, default=4,
                         help='val scenes with tail digits in the picture')
     parser.add_argument('--jobs', type=int, default=2,
-                        help='trainings at a time, each with cores/jobs '
-                        'threads (1: one after the other)')
+                        help='methods trained and tested at a time, each '
+                        'with cores/jobs threads (1: one after the other)')
     parser.add_argument('--progress-every', type=float, default=30,
                         help='seconds between progress lines')
     args = parser.parse_args()
@@ -176,12 +203,12 @@ def main():
           f'instances; val: {meta["val"]["instances"]}', flush=True)
 
     work_dirs = {m: osp.join(args.work_dir, m.lower()) for m in CONFIGS}
-    print(f'[demo] training {" and ".join(CONFIGS)}, {args.jobs} at a time; '
-          f'mmseg\'s logs in {args.work_dir}/*/', flush=True)
-    train_all(work_dirs, args, start)
-    metrics, logs = {}, {}
-    for method, config in CONFIGS.items():
-        metrics[method] = test(config, work_dirs[method])
+    print(f'[demo] training and testing {" and ".join(CONFIGS)}, '
+          f'{args.jobs} at a time; mmseg\'s logs in {args.work_dir}/*/',
+          flush=True)
+    metrics = train_and_test_all(work_dirs, args, start)
+    logs = {}
+    for method in CONFIGS:
         (logs[method], ) = glob.glob(
             osp.join(ROOT, work_dirs[method], '*.log.json'))
 
@@ -192,7 +219,8 @@ def main():
     names = tail_scenes(osp.join(ROOT, DATA),
                         [DIGITSCENES_CLASSES.index(c) for c in tail],
                         args.num_pictures)
-    picture(names, work_dirs, osp.join(ROOT, out_file))
+    picture(names, work_dirs, osp.join(ROOT, out_file),
+            max(1, len(os.sched_getaffinity(0)) // args.jobs))
 
     from mmcv.utils import Config
     seed = args.seed if args.seed is not None else Config.fromfile(
