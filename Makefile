@@ -1,25 +1,43 @@
 # One-command set-up and entry points. Every target installs what it needs.
-#   make install   virtualenv .venv with torch, mmcv-full (built once, cached), mmseg, sar
-#   make test      install, then the test suite
-#   make demo      install, then train and evaluate SAR against its baseline on
-#                  DigitScenes-LT (generated once from scikit-learn's digits)
+#   make install         .venv: torch, mmcv-full 1.7.2 (built once, cached),
+#                        mmseg 0.30, sar
+#   make install-mmseg1  .venv-mmseg1: torch, mmcv 2.1.0 (built once, cached),
+#                        mmengine 0.10, mmseg 1.2, sar
+#   make test            both environments, then both suites: tests/ on
+#                        mmseg 0.30, tests/mmseg1x on mmseg 1.x
+#   make demo            SAR against its baseline on DigitScenes-LT (generated
+#                        once from scikit-learn's digits), mmseg 0.30
+#   make demo-mmseg1     the same demo through mmseg 1.x's runner
 PY := .venv/bin/python
+PY1 := .venv-mmseg1/bin/python
+# pytest-xdist, one process per core; --dist loadfile keeps a file's tests
+# (and the models its module fixtures train once) on one worker.
+PYTEST := -m pytest -n auto --dist loadfile
 
-.PHONY: install test demo clean
+.PHONY: install install-mmseg1 test test-mmseg0 test-mmseg1 demo demo-mmseg1 clean
 
 install:
 	bash tools/setup_env.sh
 
-test: install
-	$(PY) -m pytest tests
+install-mmseg1:
+	bash tools/setup_env_mmseg1.sh
+
+test: test-mmseg0 test-mmseg1
+
+test-mmseg0: install
+	$(PY) $(PYTEST) tests --ignore=tests/mmseg1x
+
+test-mmseg1: install-mmseg1
+	$(PY1) $(PYTEST) tests/mmseg1x
 
 demo: install
-	@$(PY) -c 'import sklearn, matplotlib' 2>/dev/null || \
-		$(PY) -m pip install -q -r requirements/demo.txt
 	$(PY) tools/demo.py
+
+demo-mmseg1: install-mmseg1
+	$(PY1) tools/demo.py --work-dir work_dirs/demo-mmseg1
 
 # What `make demo` and the benchmarks wrote, and nothing else: every run of
 # tools/train.py lives under work_dirs/<config> and is the user's to delete.
 clean:
-	rm -rf work_dirs/demo work_dirs/benchmark_accuracy data/shapes \
-		data/digitscenes-lt .pytest_cache
+	rm -rf work_dirs/demo work_dirs/demo-mmseg1 work_dirs/benchmark_accuracy \
+		data/shapes data/digitscenes-lt .pytest_cache

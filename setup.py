@@ -1,6 +1,7 @@
-"""SAR: Semantic Anchor Regularization as an mmsegmentation 0.x plugin.
+"""SAR: Semantic Anchor Regularization as an mmsegmentation plugin, for
+mmseg 0.30 (mmcv-full 1.x) and mmseg 1.2-1.4 (mmengine, mmcv 2.x).
 
-mmcv-full is deliberately not a requirement: it must be built against the
+mmcv is deliberately not a requirement: it must be built against the
 torch at hand (tools/setup_env.sh does that), and listing it would make pip
 try to build or replace it in a working environment. ``import sar`` checks
 its version and says how to install a supported one.
@@ -22,13 +23,18 @@ setup(
     name='sar',
     version=version(),
     description='Semantic Anchor Regularization (AAAI 2024) for '
-    'mmsegmentation 0.x',
+    'mmsegmentation 0.30 and 1.x',
     long_description=long_description,
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['sar', 'sar.*']),
     python_requires='>=3.8',
-    install_requires=['mmsegmentation>=0.30.0,<0.31', 'numpy', 'prettytable'],
+    # Either generation: 0.30 (the last 0.x) or 1.2-1.4; 1.0 and 1.1 are
+    # not supported. OneDL's fork installs the same modules under another
+    # name: install sar there with --no-deps.
+    install_requires=[
+        'mmsegmentation>=0.30.0,!=1.0.*,!=1.1.*,<1.5', 'numpy', 'prettytable'
+    ],
     extras_require={'tests': ['pytest']},
     classifiers=[
         'License :: OSI Approved :: Apache Software License',

@@ -1,7 +1,9 @@
 """The README's commands: the Quick start is what CI and users run, the
 plain-torch example executes, and every path it names exists."""
+import os
 import os.path as osp
 import re
+import subprocess
 
 from conftest import ROOT
 
@@ -18,7 +20,19 @@ def test_quick_start_is_make_demo_then_make_test():
     with open(osp.join(ROOT, 'Makefile')) as f:
         makefile = f.read()
     assert re.search(r'^demo: install$', makefile, re.M)
-    assert re.search(r'^test: install$', makefile, re.M)
+    # make test sets up both environments and runs both suites.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}  # under make
+    planned = subprocess.run(
+        ['make', '-n', '--no-print-directory', 'test'], cwd=ROOT, env=env,
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert planned == [
+        'bash tools/setup_env.sh',
+        '.venv/bin/python -m pytest -n auto --dist loadfile tests '
+        '--ignore=tests/mmseg1x',
+        'bash tools/setup_env_mmseg1.sh',
+        '.venv-mmseg1/bin/python -m pytest -n auto --dist loadfile '
+        'tests/mmseg1x']
     with open(osp.join(ROOT, '.ci', 'run')) as f:
         ci = [line for line in f.read().splitlines()
               if line and not line.startswith('#')]

@@ -32,26 +32,12 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 log() { printf '[setup_env] %s\n' "$*"; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV with $PYTHON"
-    if [ "${SAR_SYSTEM_SITE:-0}" = 1 ]; then
-        "$PYTHON" -m venv --system-site-packages "$VENV"
-    else
-        "$PYTHON" -m venv "$VENV"
-    fi
-fi
-PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check -q)
+# shellcheck source=tools/_env_common.sh
+source "$ROOT/tools/_env_common.sh"
+open_venv "$VENV"
 
-has() { "$PY" "$@" >/dev/null 2>&1; }
-
-# 1. torch + torchvision (mmcv.runner imports torchvision). An existing torch
-#    is kept whatever its version: sar checks the supported range on import.
-if ! has -c 'import torch, torchvision'; then
-    log "installing $TORCH_SPEC"
-    # shellcheck disable=SC2086
-    "${PIP[@]}" install $TORCH_SPEC
-fi
+# 1. torch + torchvision (mmcv.runner imports torchvision).
+ensure_torch
 
 # 2. The runtime venv keeps the setuptools its packages ask for (torch 2.14
 #    requires >= 77). An environment made by an older version of this script
@@ -78,7 +64,7 @@ fi
 
 # 4. mmsegmentation, this package and the test tools.
 if ! has -c "import mmseg, sys; sys.exit(mmseg.__version__ != '$MMSEG_VERSION')" \
-   || ! has -c 'import sar, pytest, sklearn, matplotlib'; then
+   || ! has -c 'import sar, pytest, xdist, sklearn, matplotlib'; then
     log "installing mmsegmentation $MMSEG_VERSION, sar (editable) and test requirements"
     "${PIP[@]}" install -c "$ROOT/requirements/constraints.txt" \
         "mmsegmentation==$MMSEG_VERSION" -r "$ROOT/requirements/tests.txt"

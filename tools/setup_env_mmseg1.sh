@@ -40,10 +40,10 @@
 #   setuptools 84 that torch's `setuptools>=77.0.3` pulls in (setuptools 82
 #   dropped it). requirements/mmseg1.txt keeps setuptools below 82 (81 warns
 #   that pkg_resources is deprecated, and works).
-# - sar's setup.py pins mmsegmentation<0.31 (the 0.x glue): it is installed
-#   here with --no-deps, so pip neither downgrades mmseg nor complains. Its
-#   presence is checked with find_spec, not `import sar`: a sar without the
-#   1.x glue refuses to import next to mmseg 1.x.
+# - sar is installed with --no-deps, so that pip's resolver leaves the
+#   stack above alone. Its presence is checked with find_spec, not
+#   `import sar`: a sar without the 1.x glue refuses to import next to
+#   mmseg 1.x.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,30 +60,12 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 log() { printf '[setup_env_mmseg1] %s\n' "$*"; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV with $PYTHON"
-    if [ "${SAR_SYSTEM_SITE:-0}" = 1 ]; then
-        "$PYTHON" -m venv --system-site-packages "$VENV"
-    else
-        "$PYTHON" -m venv "$VENV"
-    fi
-fi
-PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check -q)
+# shellcheck source=tools/_env_common.sh
+source "$ROOT/tools/_env_common.sh"
+open_venv "$VENV"
 
-# Checks run in an empty folder: `python -c` puts the working directory first
-# on sys.path, where an unpacked mmcv sdist or the project's own sar/ would
-# shadow what is installed.
-EMPTY="$(mktemp -d)"
-trap 'rm -rf "$EMPTY"' EXIT
-has() { (cd "$EMPTY" && "$PY" "$@") >/dev/null 2>&1; }
-
-# 1. torch + torchvision. An existing torch is kept whatever its version.
-if ! has -c 'import torch, torchvision'; then
-    log "installing $TORCH_SPEC"
-    # shellcheck disable=SC2086
-    "${PIP[@]}" install $TORCH_SPEC
-fi
+# 1. torch + torchvision.
+ensure_torch
 
 # shellcheck source=tools/_mmcv_wheel.sh
 source "$ROOT/tools/_mmcv_wheel.sh"
@@ -95,10 +77,11 @@ fi
 
 # 3. mmengine, mmsegmentation, this package and the test tools.
 if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
-   || ! has -c 'import pytest, ftfy, regex, pkg_resources' \
+   || ! has -c 'import pytest, xdist, sklearn, matplotlib, ftfy, regex, pkg_resources' \
    || ! has -c "import importlib.util as u, os, sys; s = u.find_spec('sar'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.realpath(s.origin))) != os.path.realpath('$ROOT'))"; then
-    log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and pytest"
-    "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" pytest
+    log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
+    "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" \
+        -r "$ROOT/requirements/test-tools.txt" -r "$ROOT/requirements/demo.txt"
     "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 fi
 
