@@ -2,17 +2,19 @@
 
 Writes the DigitScenes-LT data set once (tools/prepare_digitscenes.py's
 defaults: long-tailed training digits, balanced validation), trains the
-baseline and its SAR twin (same seed and schedule) side by side with
-tools/train.py (one thread each on two cores; --jobs 1 for one after the
-other), evaluates both with tools/test.py (the commands a user runs), and prints
-mmseg's per-class IoU side by side with head and tail means, then a picture
-of validation scenes with tail digits. The last line is, for scripts,
-``mIoU baseline B SAR S (gain +G)``. Measured with `time make demo`:
-4 min 31 s on two otherwise idle cores (7 min 51 s of CPU time).
+baseline and its SAR twin (same seed and schedule) side by side (one thread
+each on two cores; --jobs 1 for one after the other), tests each with the
+test tool as soon as its training ends, and prints mmseg's per-class IoU
+side by side with head and tail means, then a picture of validation scenes
+with tail digits. The last line is, for scripts,
+``mIoU baseline B SAR S (gain +G)``.
+
+Runs through the installed mmseg generation's own commands: this project's
+tools/train.py and tools/test.py under mmseg 0.30 (``make demo``, configs/
+demo), mmseg's shipped tools under mmseg 1.x (``make demo-mmseg1``,
+configs/mmseg1x/demo); see sar.mmseg0x.runs and sar.mmseg1x.runs.
 """
 import argparse
-import glob
-import json
 import os
 import os.path as osp
 import subprocess
@@ -21,11 +23,21 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = 'data/digitscenes-lt'  # the configs' data_root, relative to ROOT
-CONFIGS = {
-    'baseline':
-    'configs/demo/fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
-    'SAR': 'configs/demo/sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
-}
+
+
+def _runs():
+    """The installed mmseg generation's commands and result files."""
+    import sar
+    if sar.mmseg_generation() == 1:
+        from sar.mmseg1x import runs
+    else:
+        from sar.mmseg0x import runs
+    return runs
+
+
+RUNS = _runs()
+CONFIGS = RUNS.DEMO_CONFIGS
+DEFAULT_WORK_DIR = RUNS.DEMO_WORK_DIR
 
 
 def start_tool(cmd, out, threads):
@@ -41,26 +53,16 @@ def start_tool(cmd, out, threads):
 
 
 def train_command(config, work_dir, args):
-    cmd = ['tools/train.py', config, '--work-dir', work_dir, '--no-validate',
-           '--deterministic']
-    if args.seed is not None:
-        cmd += ['--seed', str(args.seed)]
-    if args.iters is not None:
-        cmd += ['--cfg-options', f'runner.max_iters={args.iters}',
-                f'checkpoint_config.interval={args.iters}']
-    return cmd
+    return RUNS.train_command(config, work_dir, args.seed, args.iters)
 
 
 def test_command(config, work_dir):
-    return ['tools/test.py', config, osp.join(work_dir, 'latest.pth'),
-            '--eval', 'mIoU', '--work-dir', work_dir]
+    return RUNS.test_command(config, work_dir)
 
 
 def logged_iter(work_dir):
-    """The last iteration mmseg's json log of ``work_dir`` has reached."""
-    from sar.evaluation.report import read_train_log
-    logs = glob.glob(osp.join(ROOT, work_dir, '*.log.json'))
-    entries = read_train_log(logs[0]) if logs else []
+    """The last iteration mmseg's training log of ``work_dir`` has reached."""
+    entries = RUNS.train_log(osp.join(ROOT, work_dir))
     return entries[-1]['iter'] if entries else 0
 
 
@@ -80,10 +82,9 @@ def train_and_test_all(work_dirs, args, start):
     Returns:
         dict: method -> mmseg's evaluation dict of tools/test.py.
     """
-    from mmcv.utils import Config
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
-    iters = {m: args.iters or Config.fromfile(
-        osp.join(ROOT, c)).runner.max_iters for m, c in CONFIGS.items()}
+    iters = {m: args.iters or RUNS.schedule(osp.join(ROOT, c))[1]
+             for m, c in CONFIGS.items()}
     pending = list(CONFIGS.items())
     running = {}  # method -> [stage, process, output file]
     metrics = {}
@@ -93,8 +94,7 @@ def train_and_test_all(work_dirs, args, start):
             method, config = pending.pop(0)
             work = work_dirs[method]
             os.makedirs(osp.join(ROOT, work), exist_ok=True)
-            for old in glob.glob(osp.join(ROOT, work, '*.log.json')) + \
-                    glob.glob(osp.join(ROOT, work, 'eval_*.json')):
+            for old in RUNS.stale_files(osp.join(ROOT, work)):
                 os.remove(old)
             out = osp.join(work, 'train.out')
             running[method] = ['train', start_tool(
@@ -124,9 +124,7 @@ def train_and_test_all(work_dirs, args, start):
                     test_command(CONFIGS[method], work), out, threads), out]
                 continue
             del running[method]
-            (result, ) = glob.glob(osp.join(ROOT, work, 'eval_*.json'))
-            with open(result) as f:
-                metrics[method] = json.load(f)['metric']
+            metrics[method] = RUNS.read_metrics(osp.join(ROOT, work))
             print(f'[demo] {time.time() - start:.0f} s: {method} tested, '
                   f'mIoU {100 * metrics[method]["mIoU"]:.2f} (mmseg\'s '
                   f'tables in {out})', flush=True)
@@ -151,7 +149,6 @@ def picture(names, work_dirs, out_file, threads):
     """image | ground truth | baseline | SAR for the named val scenes."""
     import numpy as np
     import torch
-    from mmseg.apis import inference_segmentor, init_segmentor
     from PIL import Image
 
     torch.set_num_threads(threads)  # as the tools: no OpenMP contention
@@ -165,11 +162,9 @@ def picture(names, work_dirs, out_file, threads):
            for n in names]
     predictions = {}
     for method, config in CONFIGS.items():
-        model = init_segmentor(
-            osp.join(ROOT, config),
-            osp.join(ROOT, work_dirs[method], 'latest.pth'), device='cpu')
-        predictions[method] = [inference_segmentor(model, p)[0]
-                               for p in paths]
+        work = osp.join(ROOT, work_dirs[method])
+        predictions[method] = RUNS.predict(osp.join(ROOT, config),
+                                           RUNS.checkpoint(work), paths)
     fig = comparison_figure(images, gts, predictions, DIGITSCENES_PALETTE,
                             class_names=list(DIGITSCENES_CLASSES),
                             row_titles=names)
@@ -178,7 +173,7 @@ def picture(names, work_dirs, out_file, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument('--work-dir', default=DEFAULT_WORK_DIR)
     parser.add_argument('--iters', type=int,
                         help='training iterations (default: the configs\')')
     parser.add_argument('--seed', type=int,
@@ -196,7 +191,7 @@ def main():
     from sar.data import (DIGITSCENES_CLASSES, head_tail_classes,
                           make_digitscenes)
     from sar.evaluation.report import (comparison_table, gate_summary,
-                                       read_train_log, summary_line)
+                                       summary_line)
     print(f'[demo] DigitScenes-LT in {DATA} (written once)', flush=True)
     meta = make_digitscenes(osp.join(ROOT, DATA))
     print(f'[demo] train digits 0-9: {meta["train"]["instances"]} '
@@ -207,14 +202,10 @@ def main():
           f'{args.jobs} at a time; mmseg\'s logs in {args.work_dir}/*/',
           flush=True)
     metrics = train_and_test_all(work_dirs, args, start)
-    logs = {}
-    for method in CONFIGS:
-        (logs[method], ) = glob.glob(
-            osp.join(ROOT, work_dirs[method], '*.log.json'))
 
     head, tail = head_tail_classes(meta['train']['instances'])
     table, rows = comparison_table(metrics, DIGITSCENES_CLASSES, head, tail)
-    gate = gate_summary(read_train_log(logs['SAR']))
+    gate = gate_summary(RUNS.train_log(osp.join(ROOT, work_dirs['SAR'])))
     out_file = osp.join(args.work_dir, 'digitscenes_val_tail.png')
     names = tail_scenes(osp.join(ROOT, DATA),
                         [DIGITSCENES_CLASSES.index(c) for c in tail],
@@ -222,9 +213,8 @@ def main():
     picture(names, work_dirs, osp.join(ROOT, out_file),
             max(1, len(os.sched_getaffinity(0)) // args.jobs))
 
-    from mmcv.utils import Config
-    seed = args.seed if args.seed is not None else Config.fromfile(
-        osp.join(ROOT, CONFIGS['SAR'])).seed
+    seed = args.seed if args.seed is not None else RUNS.schedule(
+        osp.join(ROOT, CONFIGS['SAR']))[0]
     print(f'\nDigitScenes-LT val (balanced, {meta["val"]["num_scenes"]} '
           f'scenes), IoU in %, from mmseg\'s evaluation; one seed ({seed}) '
           'for both; head/tail: the more/less frequent half of the digits '
@@ -232,8 +222,8 @@ def main():
     print(table)
     if gate['first_open_iter'] is None:
         print('SAR: the anchor gate never opened (no pull toward semantic '
-              'anchors); see decode.sar.anchor_acc in '
-              f'{osp.join(work_dirs["SAR"], osp.basename(logs["SAR"]))}')
+              'anchors); see decode.sar.anchor_acc in the training log '
+              f'under {work_dirs["SAR"]}')
     else:
         print(f'SAR: anchor gate first open by iteration '
               f'{gate["first_open_iter"]} (logged every interval); last '

@@ -4,8 +4,9 @@ Importing it checks the versions, applies the torch 2.x shims of
 :mod:`.compat` and registers ``SARHead`` (HEADS), ``SemanticAnchorLoss``
 (LOSSES) and ``DigitScenesDataset`` (DATASETS). ``import sar`` does that
 when mmseg 0.x is the installed generation. :mod:`.runtime` holds what the
-tools need from the runner, :mod:`.features` the feature collection from a
-0.x data loader.
+tools need from the runner, :mod:`.runs` the tools' commands and result
+files (for the demo), :mod:`.features` the feature collection from a 0.x
+data loader.
 """
 from . import compat
 

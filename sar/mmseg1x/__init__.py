@@ -3,7 +3,8 @@
 Importing it checks the versions, applies the shims of :mod:`.compat` and
 registers ``SARHead`` and ``SemanticAnchorLoss`` (mmseg's MODELS) and
 ``DigitScenesDataset`` (DATASETS). ``import sar`` does that when mmseg 1.x
-is the installed generation.
+is the installed generation. :mod:`.runs` holds the commands of mmseg's
+own tools and their result files (for the demo).
 """
 from . import compat
 
