@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from release_state import release_from_plain
 from sar.checkpoints import (is_sar_state_dict, official_to_sar_state_dict,
                              sar_to_plain_state_dict)
 
@@ -149,60 +150,13 @@ def _build_eval(config):
     return revert_sync_batchnorm(build_segmentor(cfg.model)).eval()
 
 
-def _release_projector_state(C, D, g):
-    """``projecter_linear`` (Linear-SyncBN-ReLU x2) and ``projecter``
-    (ConvModule: bias-free 1x1 conv, SyncBN, ReLU) as the release names
-    them, with running statistics that differ from the defaults."""
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    def bn(prefix):
-        return {f'{prefix}.weight': 1 + 0.1 * r(D),
-                f'{prefix}.bias': 0.1 * r(D),
-                f'{prefix}.running_mean': 0.1 * r(D),
-                f'{prefix}.running_var': 0.5 + torch.rand(D, generator=g),
-                f'{prefix}.num_batches_tracked': torch.tensor(80000)}
-
-    sd = OrderedDict()
-    sd['projecter_linear.0.weight'] = r(D, D) / D**0.5
-    sd['projecter_linear.0.bias'] = 0.1 * r(D)
-    sd.update(bn('projecter_linear.1'))
-    sd['projecter_linear.3.weight'] = r(D, D) / D**0.5
-    sd['projecter_linear.3.bias'] = 0.1 * r(D)
-    sd.update(bn('projecter_linear.4'))
-    sd['projecter.conv.weight'] = r(D, D, 1, 1) / D**0.5
-    sd.update(bn('projecter.bn'))
-    return sd
-
-
 @pytest.fixture(scope='module')
 def hr48_release():
     """(release state dict, plain model holding its weights, SAR model)."""
     torch.manual_seed(0)
     plain = _build_eval(HR48_BASE)
     sar = _build_eval(HR48_SAR)
-    g = torch.Generator().manual_seed(1)
-    # FCNHeadWFeat keeps FCNHead's submodules under decode_head.*, so the
-    # plain model's keys are the release's backbone and head keys. Perturb
-    # every value so that no two layers hold equal tensors (fresh BN layers
-    # all do), which would hide a mix-up.
-    release = OrderedDict()
-    for key, value in plain.state_dict().items():
-        if not value.is_floating_point():
-            release[key] = value.clone()
-        elif key.endswith('running_var'):
-            release[key] = 0.5 + torch.rand(value.shape, generator=g)
-        else:
-            release[key] = value + 0.05 * torch.randn(value.shape,
-                                                      generator=g)
-    plain.load_state_dict(release, strict=True)
-    C, D = 19, 720
-    release['random_center'] = torch.randn(C, D, generator=g)
-    release['center_lbl'] = torch.arange(C)
-    release['local_iter'] = torch.tensor([80000])
-    release['update_flag'] = torch.tensor(1)
-    release['momentum_center_feat'] = torch.rand(C, D, generator=g)
-    release.update(_release_projector_state(C, D, g))
+    release = release_from_plain(plain, C=19, D=720)
     return release, plain, sar
 
 

@@ -1,0 +1,71 @@
+"""Checkpoints under mmseg 1.x: a plain mmengine checkpoint loads into the
+SAR model with only SAR's state fresh, and a converted checkpoint of the
+authors' release loads strictly into the paper's 1.x SAR config."""
+import os.path as osp
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import MessageHub
+from mmengine.model import revert_sync_batchnorm
+from mmengine.runner import load_checkpoint, save_checkpoint
+from mmseg.registry import MODELS
+
+from helpers1x import ROOT, image_batch, segmentor_cfg
+from release_state import release_from_plain
+from sar.checkpoints import official_to_sar_state_dict
+
+CONFIGS = osp.join(ROOT, 'configs', 'mmseg1x')
+
+
+def test_plain_mmengine_checkpoint_loads_into_the_sar_model(tmp_path):
+    torch.manual_seed(0)
+    plain = MODELS.build(segmentor_cfg(sar=False)).eval()
+    # The layout mmengine's runner writes: weights, meta and the message
+    # hub's logging records (numpy values, read weights-only on torch 2.6+).
+    hub = MessageHub.get_instance('plain_ckpt_test')
+    hub.update_scalar('train/loss', 0.5)
+    path = str(tmp_path / 'plain.pth')
+    save_checkpoint(dict(meta=dict(iter=4), state_dict=plain.state_dict(),
+                         message_hub=hub.state_dict()), path)
+    sar = MODELS.build(segmentor_cfg()).eval()
+    fresh = {k: v.clone() for k, v in sar.state_dict().items()
+             if '.sar_loss.' in k}
+    load_checkpoint(sar, path, map_location='cpu', strict=False)
+    for key, value in plain.state_dict().items():
+        ours = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(sar.state_dict()[ours], value), key
+    for key, value in fresh.items():  # only SAR's state starts fresh
+        assert torch.equal(sar.state_dict()[key], value), key
+    imgs, batch = image_batch(B=1, size=32)
+    with torch.no_grad():
+        assert torch.equal(sar.predict(imgs, batch)[0].seg_logits.data,
+                           plain.predict(imgs, batch)[0].seg_logits.data)
+
+
+def build_eval(config):
+    cfg = Config.fromfile(config)
+    cfg.model.pretrained = None  # no download; weights come from the test
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+
+
+def test_official_hr48_release_loads_strictly_into_the_paper_config():
+    torch.manual_seed(0)
+    name = 'fcn_hr48_4xb2-80k_cityscapes-512x1024.py'
+    plain = build_eval(osp.join(CONFIGS, 'baseline', name))
+    sar = build_eval(osp.join(CONFIGS, 'sar', f'sar_{name}'))
+    release = release_from_plain(plain, C=19, D=720)
+    sar.load_state_dict(official_to_sar_state_dict(release), strict=True)
+    state = sar.decode_head.sar_loss
+    assert torch.equal(state.init_anchors, release['random_center'])
+    assert torch.equal(state.semantic_anchors,
+                       release['momentum_center_feat'])
+    assert bool(state.initialised)
+    # Test time: the SAR model is the plain FCN model with the same weights.
+    img = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    metas = [dict(img_shape=(32, 32), ori_shape=(32, 32),
+                  pad_shape=(32, 32))]
+    with torch.no_grad():
+        ours = sar.encode_decode(img, metas)
+        theirs = plain.encode_decode(img, metas)
+    assert ours.shape == (1, 19, 32, 32)
+    assert torch.equal(ours, theirs)
