@@ -6,8 +6,9 @@ Runs in the mmseg 0.30 environment (.venv): builds the 0.x ``SARHead`` over
 a tiny FCN head, trains it a few SGD steps on one fixed batch and stores,
 per step, every loss entry, every parameter's gradient and SAR's buffers
 (gate, EMA anchors, counter), next to the initial weights and the batch:
-``sar_0x_reference.pth`` (a few kB). tests/mmseg1x/test_reference.py loads
-the same weights into the 1.x ``SARHead``, replays the steps and compares.
+``sar_0x_reference.pth`` (about 120 kB). tests/mmseg1x/test_reference.py
+loads the same weights into the 1.x ``SARHead``, replays the steps and
+compares.
 The settings make the gate open within the run, so the EMA and the pull
 are exercised as well as the closed gate.
 """
