@@ -270,7 +270,7 @@ def test_plot_names_the_stars_and_keeps_the_legend_star_small():
 
 
 @pytest.mark.parametrize('title', [
-    'sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py: decode features,'
+    'sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py: decode features,'
     ' PCA',
     'x' * 150,
 ])

@@ -43,11 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = 'data/digitscenes-lt'  # the configs' data_root, relative to ROOT
 SAR_CONFIG = \
-    'configs/demo/sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py'
+    'configs/demo/sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py'
 # method -> (config, --cfg-options that make it that method)
 METHODS = {
     'baseline':
-    ('configs/demo/fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py', []),
+    ('configs/demo/fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py', []),
     'SAR': (SAR_CONFIG, []),
     'prototype': (SAR_CONFIG,
                   ['model.decode_head.sar_loss.anchor_source=prototype']),

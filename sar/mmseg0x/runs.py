@@ -14,8 +14,8 @@ from ..evaluation.report import read_train_log
 
 DEMO_CONFIGS = {
     'baseline':
-    'configs/demo/fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
-    'SAR': 'configs/demo/sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
+    'configs/demo/fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
+    'SAR': 'configs/demo/sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
 }
 DEMO_WORK_DIR = 'work_dirs/demo'
 

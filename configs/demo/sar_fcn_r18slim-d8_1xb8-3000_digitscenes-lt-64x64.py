@@ -1,6 +1,6 @@
 # SAR over the DigitScenes-LT demo baseline: the decode head wrapped, the
 # paper's defaults.
-_base_ = './fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py'
+_base_ = './fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py'
 custom_imports = dict(imports=['sar'], allow_failed_imports=False)
 model = dict(
     decode_head=dict(
