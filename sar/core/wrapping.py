@@ -224,23 +224,21 @@ def wrap_plain_head_keys(state_dict, prefix, local_metadata, strict,
     holds the head as ``<prefix>conv_seg.weight`` etc.; in the wrapper it
     lives under ``<prefix>head.``. Both generations load non-strictly and
     would only warn, leaving the head random, so the keys are moved in
-    place (the same dict is passed on to the children). A checkpoint
-    already in this layout is left alone; the SAR state then stays as built.
+    place (the same dict is passed on to the children). The layout is told
+    by the classifier, which every wrapped head has (:func:`check_wrappable`):
+    ``<prefix>conv_seg.weight`` is plain, ``<prefix>head.conv_seg.weight``
+    wrapped (left alone; the SAR state then stays as built). A head's own
+    child called ``head`` (mmseg 1.x's DDRHead has one) is not mistaken
+    for the wrapper's.
     """
-    ours = [k for k in state_dict if k.startswith(prefix)]
-    if not ours or any(k.startswith(f'{prefix}head.') for k in ours):
+    if f'{prefix}conv_seg.weight' not in state_dict:
         return
     metadata = getattr(state_dict, '_metadata', None)
-    for key in ours:
-        rest = key[len(prefix):]
-        if rest.startswith('sar_loss.'):
-            continue
-        state_dict[f'{prefix}head.{rest}'] = state_dict.pop(key)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        state_dict[f'{prefix}head.{key[len(prefix):]}'] = state_dict.pop(key)
     if metadata is not None:
         for name in [n for n in metadata if n.startswith(prefix)]:
-            rest = name[len(prefix):]
-            if rest.split('.')[0] not in ('head', 'sar_loss'):
-                metadata[f'{prefix}head.{rest}'] = metadata[name]
+            metadata[f'{prefix}head.{name[len(prefix):]}'] = metadata[name]
 
 
 def norm_factory(norm_cfg, build_norm_layer):

@@ -69,3 +69,23 @@ def test_official_hr48_release_loads_strictly_into_the_paper_config():
         theirs = plain.encode_decode(img, metas)
     assert ours.shape == (1, 19, 32, 32)
     assert torch.equal(ours, theirs)
+
+
+def test_plain_head_with_its_own_head_child_loads_under_the_wrapper():
+    # DDRHead has a child module called `head`: its plain keys include
+    # `head.0.*` and must still be moved under the wrapper's `head.`.
+    cfg = dict(type='DDRHead', in_channels=8, channels=8, num_classes=3,
+               norm_cfg=dict(type='BN'))
+    plain = MODELS.build(cfg)
+    assert any(k.startswith('head.') for k in plain.state_dict())
+    with torch.no_grad():
+        for value in plain.state_dict().values():
+            if value.is_floating_point():
+                value.uniform_()  # differ from a fresh build
+    sar = MODELS.build(dict(type='SARHead', head=cfg))
+    missing, unexpected = sar.load_state_dict(plain.state_dict(),
+                                              strict=False)
+    assert unexpected == []
+    assert missing and all(k.startswith('sar_loss.') for k in missing)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(sar.state_dict()[f'head.{key}'], value), key
