@@ -17,9 +17,9 @@ from mmengine.config import Config
 TOOLS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
 DEMO_CONFIGS = {
     'baseline': 'configs/mmseg1x/demo/'
-    'fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
+    'fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
     'SAR': 'configs/mmseg1x/demo/'
-    'sar_fcn_r18slim-d8_1xb8-2000_digitscenes-lt-64x64.py',
+    'sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
 }
 DEMO_WORK_DIR = 'work_dirs/demo-mmseg1'
 
