@@ -34,7 +34,7 @@ demo: install
 	$(PY) tools/demo.py
 
 demo-mmseg1: install-mmseg1
-	$(PY1) tools/demo.py --work-dir work_dirs/demo-mmseg1
+	$(PY1) tools/demo.py
 
 # What `make demo` and the benchmarks wrote, and nothing else: every run of
 # tools/train.py lives under work_dirs/<config> and is the user's to delete.
