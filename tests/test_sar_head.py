@@ -369,6 +369,24 @@ def test_plain_checkpoint_loads_fully_into_the_sar_model(tmp_path):
     assert torch.equal(a, b)
 
 
+def test_plain_checkpoint_without_classifier_loads_the_rest_of_the_head():
+    # Fine-tuning to other classes: the classifier's keys are dropped from
+    # the plain checkpoint; the rest of the head must still load.
+    from mmcv.runner import load_state_dict
+    plain, sar_model = build_pair()
+    with torch.no_grad():
+        for value in plain.state_dict().values():
+            if value.is_floating_point():
+                value.uniform_()  # differ from the SAR model's build
+    stripped = {k: v for k, v in plain.state_dict().items()
+                if 'conv_seg' not in k}
+    load_state_dict(sar_model, stripped)
+    state = sar_model.state_dict()
+    for key, value in stripped.items():
+        ours = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(state[ours], value), key
+
+
 def test_sar_checkpoint_round_trips_and_exports(tmp_path):
     from mmcv.runner import load_checkpoint, save_checkpoint
     _, sar_model = build_pair()

@@ -216,29 +216,40 @@ def merge_losses(losses, sar_losses):
     return losses
 
 
-def wrap_plain_head_keys(state_dict, prefix, local_metadata, strict,
-                         missing_keys, unexpected_keys, error_msgs):
-    """Load-state-dict pre-hook: a plain head's keys moved under ``head.``.
+def wrap_plain_head_keys(head_keys, state_dict, prefix):
+    """A plain head's keys moved under ``head.``, in place.
 
     A checkpoint of the same model without SAR (an mmseg zoo model, say)
     holds the head as ``<prefix>conv_seg.weight`` etc.; in the wrapper it
     lives under ``<prefix>head.``. Both generations load non-strictly and
-    would only warn, leaving the head random, so the keys are moved in
-    place (the same dict is passed on to the children). The layout is told
-    by the classifier, which every wrapped head has (:func:`check_wrappable`):
-    ``<prefix>conv_seg.weight`` is plain, ``<prefix>head.conv_seg.weight``
-    wrapped (left alone; the SAR state then stays as built). A head's own
-    child called ``head`` (mmseg 1.x's DDRHead has one) is not mistaken
-    for the wrapper's.
+    would only warn, leaving the head random, so the keys are moved (the
+    same dict is passed on to the children). The layout is told by the
+    wrapped head's own keys: wrapped when some ``<prefix>head.<k>`` is
+    there (left alone; the SAR state then stays as built), plain when some
+    ``<prefix><k>`` is. So a checkpoint whose classifier was dropped for
+    fine-tuning is still plain, and a head's own child called ``head``
+    (mmseg 1.x's DDRHead has one) is not taken for the wrapper's.
+
+    Args:
+        head_keys (Iterable[str]): the wrapped head's state-dict keys.
+        state_dict (dict): what is being loaded; its ``_metadata`` (module
+            versions) is moved along.
+        prefix (str): the wrapper's prefix in it.
     """
-    if f'{prefix}conv_seg.weight' not in state_dict:
+    head_keys = set(head_keys)
+    if any(f'{prefix}head.{k}' in state_dict for k in head_keys) or \
+            not any(f'{prefix}{k}' in state_dict for k in head_keys):
         return
     metadata = getattr(state_dict, '_metadata', None)
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        state_dict[f'{prefix}head.{key[len(prefix):]}'] = state_dict.pop(key)
+        if not key.startswith(f'{prefix}sar_loss.'):
+            state_dict[f'{prefix}head.{key[len(prefix):]}'] = \
+                state_dict.pop(key)
     if metadata is not None:
         for name in [n for n in metadata if n.startswith(prefix)]:
-            metadata[f'{prefix}head.{name[len(prefix):]}'] = metadata[name]
+            rest = name[len(prefix):]
+            if rest != 'sar_loss' and not rest.startswith('sar_loss.'):
+                metadata[f'{prefix}head.{rest}'] = metadata[name]
 
 
 def norm_factory(norm_cfg, build_norm_layer):
@@ -322,7 +333,12 @@ class HeadWrapperMixin:
         self.head = build(head)
         check_wrappable(self.head, base_class)
         self.sar_loss = build(loss_cfg_for_head(sar_loss, self.head))
-        self._register_load_state_dict_pre_hook(wrap_plain_head_keys)
+        self._register_load_state_dict_pre_hook(self._load_plain_head)
+
+    def _load_plain_head(self, state_dict, prefix, *args):
+        # Load-state-dict pre-hook (torch's signature; the rest unused).
+        wrap_plain_head_keys(self._modules['head'].state_dict().keys(),
+                             state_dict, prefix)
 
     def __getattr__(self, name):
         if name in FORWARDED:

@@ -89,3 +89,20 @@ def test_plain_head_with_its_own_head_child_loads_under_the_wrapper():
     assert missing and all(k.startswith('sar_loss.') for k in missing)
     for key, value in plain.state_dict().items():
         assert torch.equal(sar.state_dict()[f'head.{key}'], value), key
+
+
+def test_plain_checkpoint_without_classifier_loads_the_rest_of_the_head():
+    # Fine-tuning to other classes: the classifier's keys are dropped.
+    plain = MODELS.build(segmentor_cfg(sar=False))
+    with torch.no_grad():
+        for value in plain.state_dict().values():
+            if value.is_floating_point():
+                value.uniform_()
+    stripped = {k: v for k, v in plain.state_dict().items()
+                if 'conv_seg' not in k}
+    sar = MODELS.build(segmentor_cfg())
+    _, unexpected = sar.load_state_dict(stripped, strict=False)
+    assert unexpected == []
+    for key, value in stripped.items():
+        ours = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(sar.state_dict()[ours], value), key
