@@ -23,6 +23,8 @@ import pickle
 
 import torch
 
+from ..version import version_tuple
+
 MMENGINE_HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 
 
@@ -97,12 +99,23 @@ def record_safe_globals(history_buffer=None):
 
     Returns:
         list: entries for ``torch.serialization``'s ``add_safe_globals`` /
-        ``safe_globals``.
+        ``safe_globals``; empty on torch < 2.6
+        (:func:`named_entries_supported`).
     """
+    if not named_entries_supported():
+        return []
     record = history_buffer or UnreadRecord
     _RECORD_CLASSES.add(record)
     return [(record, MMENGINE_HISTORY_BUFFER),
             (record_method, 'builtins.getattr')]
+
+
+def named_entries_supported():
+    """Whether torch's allow-list takes ``(object, name)`` entries (torch
+    2.6 added them; 2.4 and 2.5 fail on one at every weights-only load).
+    Below 2.6, records are left out: mmengine's loaders do not load
+    weights-only there, and :func:`load_weights_only` refuses records."""
+    return version_tuple(torch.__version__) >= (2, 6)
 
 
 def _global_name(entry):

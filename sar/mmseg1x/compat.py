@@ -2,13 +2,16 @@
 
 mmengine 0.10 predates torch 2.6 and assumes a CUDA device for distributed
 training. Each shim below names the change it answers; each is idempotent
-and has a test that fails without it (tests/mmseg1x/test_compat.py).
-Nothing here changes behaviour where the original code already works (a
-CUDA device present, torch < 2.6). They act on mmengine itself, so they
-serve every config whose ``custom_imports`` imports ``sar``, run by
-mmseg's own ``tools/train.py`` and ``tools/test.py``.
+and is exercised by the suite's real runs (tests/mmseg1x/test_runner.py:
+two CPU ranks, resume, tools/test.py on the runner's checkpoints) and
+tests/mmseg1x/test_compat_1x.py. Nothing here changes behaviour where the
+original code already works (a CUDA device present, torch < 2.6). They act
+on mmengine itself, so they serve every config whose ``custom_imports``
+imports ``sar``, run by mmseg's own ``tools/train.py`` and
+``tools/test.py``.
 """
 import functools
+import pickle
 import warnings
 
 import torch
@@ -145,9 +148,35 @@ def wrap_cpu_model(model, model_wrapper_cfg, cfg):
 # class, numpy's array/scalar reconstructors and a getattr limited to the
 # record's public methods (sar.checkpoints.safe_load, torch only), and keep
 # the weights-only loader for everything else.
-def _allow_mmengine_checkpoints():
+@functools.lru_cache(maxsize=None)
+def checked_history_buffer():
+    """mmengine's ``HistoryBuffer`` as a checkpoint may rebuild it.
+
+    Its ``__setstate__`` merges the pickled statistics methods into the
+    table that every buffer of the process reads; a checkpoint could bind
+    'mean' to another method. This subclass, registered under mmengine's
+    name for the weights-only loader, accepts only HistoryBuffer's own
+    statistics under their own names.
+    """
     from mmengine.logging import HistoryBuffer
-    allow_records_in_checkpoints(HistoryBuffer)
+
+    class CheckedHistoryBuffer(HistoryBuffer):
+
+        def __setstate__(self, state):
+            known = HistoryBuffer._statistics_methods
+            for name, method in state.get('statistics_methods', {}).items():
+                if method is not known.get(name, getattr(HistoryBuffer, name,
+                                                         None)):
+                    raise pickle.UnpicklingError(
+                        f'checkpoint binds the logging statistic {name!r} '
+                        f'to {method!r}, which is not HistoryBuffer.{name}')
+            super().__setstate__(state)
+
+    return CheckedHistoryBuffer
+
+
+def _allow_mmengine_checkpoints():
+    allow_records_in_checkpoints(checked_history_buffer())
 
 
 def apply():
