@@ -121,7 +121,8 @@ def train_and_test_all(work_dirs, args, start):
             if stage == 'train':
                 out = osp.join(work, 'test.out')
                 running[method] = ['test', start_tool(
-                    test_command(CONFIGS[method], work), out, threads), out]
+                    test_command(CONFIGS[method], osp.join(ROOT, work)), out,
+                    threads), out]
                 continue
             del running[method]
             metrics[method] = RUNS.read_metrics(osp.join(ROOT, work))

@@ -39,7 +39,8 @@ def schedule(config):
 
 def train_command(config, work_dir, seed=None, iters=None):
     """mmseg's ``tools/train.py`` without validation, deterministic;
-    ``seed`` and ``iters`` (with a checkpoint at the end) override the
+    ``seed`` and ``iters`` (with the poly schedule's end and a checkpoint
+    there, as 0.x's poly policy follows ``max_iters``) override the
     config's."""
     options = ['randomness.deterministic=True', 'val_cfg=None',
                'val_dataloader=None', 'val_evaluator=None']
@@ -47,6 +48,7 @@ def train_command(config, work_dir, seed=None, iters=None):
         options.append(f'randomness.seed={seed}')
     if iters is not None:
         options += [f'train_cfg.max_iters={iters}',
+                    f'param_scheduler.0.end={iters}',
                     f'default_hooks.checkpoint.interval={iters}']
     return [osp.join(TOOLS, 'train.py'), config, '--work-dir', work_dir,
             '--cfg-options', *options]

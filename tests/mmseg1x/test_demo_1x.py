@@ -47,7 +47,8 @@ def test_train_command_sets_seed_schedule_and_no_validation(demo_run):
     assert cmd[0] == osp.join(runs.TOOLS, 'train.py')
     assert cmd[1:4] == ['c.py', '--work-dir', 'w']
     assert {'randomness.seed=3', 'randomness.deterministic=True',
-            'train_cfg.max_iters=2', 'val_cfg=None'} <= set(cmd[5:])
+            'train_cfg.max_iters=2', 'param_scheduler.0.end=2',
+            'val_cfg=None'} <= set(cmd[5:])
     # What ran: 2 iterations, a checkpoint at the end, no validation.
     assert runs.checkpoint(work).endswith('iter_2.pth')
     entries = runs.train_log(work)
