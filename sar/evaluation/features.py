@@ -303,6 +303,16 @@ def inner_decode_head(model):
     return head
 
 
+def _sar_loss(model):
+    """The ``sar_loss`` of a segmentor's (last) decode head, or None."""
+    model = getattr(model, 'module', model)
+    head = model.decode_head
+    if isinstance(head, nn.ModuleList):
+        head = head[-1]
+    reg = head._modules.get('sar_loss')
+    return reg if hasattr(reg, 'semantic_anchors') else None
+
+
 def semantic_anchors(model):
     """SAR's semantic anchors S of a segmentor, if it has any.
 
@@ -311,12 +321,8 @@ def semantic_anchors(model):
         a ``SARHead`` (S is all zeros until the gate first opened), None for
         a model without.
     """
-    model = getattr(model, 'module', model)
-    head = model.decode_head
-    if isinstance(head, nn.ModuleList):
-        head = head[-1]
-    reg = head._modules.get('sar_loss')
-    if reg is None or not hasattr(reg, 'semantic_anchors'):
+    reg = _sar_loss(model)
+    if reg is None:
         return None
     return reg.semantic_anchors.detach(), bool(reg.initialised)
 
@@ -325,12 +331,8 @@ def anchor_source(model):
     """What :func:`semantic_anchors` holds: ``'embedded'`` (SAR's semantic
     anchors), ``'prototype'`` (the ablation's EMA class means), or None for
     a model without a ``SARHead``."""
-    model = getattr(model, 'module', model)
-    head = model.decode_head
-    if isinstance(head, nn.ModuleList):
-        head = head[-1]
-    reg = head._modules.get('sar_loss')
-    if reg is None or not hasattr(reg, 'semantic_anchors'):
+    reg = _sar_loss(model)
+    if reg is None:
         return None
     return getattr(reg, 'anchor_source', 'embedded')
 
