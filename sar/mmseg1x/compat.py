@@ -170,7 +170,10 @@ def checked_history_buffer():
                     raise pickle.UnpicklingError(
                         f'checkpoint binds the logging statistic {name!r} '
                         f'to {method!r}, which is not HistoryBuffer.{name}')
-            super().__setstate__(state)
+            # Checked: from here on a plain HistoryBuffer, which the next
+            # checkpoint pickles under mmengine's name again.
+            self.__class__ = HistoryBuffer
+            HistoryBuffer.__setstate__(self, state)
 
     return CheckedHistoryBuffer
 

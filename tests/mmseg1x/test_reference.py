@@ -25,7 +25,17 @@ def reference():
 
 @pytest.fixture(scope='module')
 def replay(reference):
-    """The 1.x head's trace over the reference's steps."""
+    """The 1.x head's trace over the reference's steps, on one thread as
+    the reference was made (float sums depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _replay(reference)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _replay(reference):
     head = MODELS.build(dict(type='SARHead', head=reference['head'],
                              sar_loss=reference['sar_loss']))
     head.load_state_dict(reference['state_dict'], strict=True)

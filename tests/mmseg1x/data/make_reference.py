@@ -41,6 +41,7 @@ def main():
 
     import sar
     assert sar.mmseg_generation() == 0, 'run me under .venv (mmseg 0.30)'
+    torch.set_num_threads(1)  # the test replays on one thread too
     torch.manual_seed(0)
     head = build_head(dict(type='SARHead', head=HEAD, sar_loss=SAR_LOSS))
     head.init_weights()
