@@ -11,8 +11,10 @@
 PY := .venv/bin/python
 PY1 := .venv-mmseg1/bin/python
 # pytest-xdist, one process per core; --dist loadfile keeps a file's tests
-# (and the models its module fixtures train once) on one worker.
-PYTEST := -m pytest -n auto --dist loadfile
+# (and the models its module fixtures train once) on one worker;
+# --no-loadscope-reorder hands files out in tests/conftest.py's order,
+# longest first.
+PYTEST := -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: install install-mmseg1 test test-mmseg0 test-mmseg1 demo demo-mmseg1 clean
 

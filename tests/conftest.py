@@ -8,8 +8,36 @@ import torch
 import sar  # noqa: F401  registers SARHead and SemanticAnchorLoss
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO_BASELINE = osp.join(ROOT, 'configs/demo/fcn_hrtiny_1xb4-300_shapes-64x64.py')
-DEMO_SAR = osp.join(ROOT, 'configs/demo/sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
+DEMO_BASELINE = osp.join(ROOT, 'configs/demo',
+                         'fcn_hrtiny_1xb4-300_shapes-64x64.py')
+DEMO_SAR = osp.join(ROOT, 'configs/demo',
+                    'sar_fcn_hrtiny_1xb4-300_shapes-64x64.py')
+
+# Each suite's longest files (whole trainings in subprocesses), longest
+# first, as --durations=0 measured them under two xdist workers. With
+# --no-loadscope-reorder (the Makefile's test command) pytest-xdist hands
+# files to its workers in collection order: started first, the longest no
+# longer run on alone at the end while the other worker idles. Only the
+# order changes; a file missing here costs time, never a result.
+LONGEST_FIRST = (
+    'tests/test_gpu_check.py',
+    'tests/test_tools.py',
+    'tests/test_benchmark_accuracy.py',
+    'tests/test_test_tool.py',
+    'tests/test_zoo_heads.py',
+    'tests/test_newcomer.py',
+    # the mmseg 1.x suite
+    'tests/mmseg1x/test_runner.py',
+    'tests/mmseg1x/test_zoo_heads.py',
+    'tests/mmseg1x/test_demo_1x.py',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # Stable: a file's tests stay together and in their own order.
+    items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0],
+                                         len(rank)))
 
 
 @pytest.fixture(autouse=True)

@@ -28,15 +28,22 @@ def test_quick_start_is_make_demo_then_make_test():
         capture_output=True, text=True, check=True).stdout.splitlines()
     assert planned == [
         'bash tools/setup_env.sh',
-        '.venv/bin/python -m pytest -n auto --dist loadfile tests '
-        '--ignore=tests/mmseg1x',
+        '.venv/bin/python -m pytest -n auto --dist loadfile '
+        '--no-loadscope-reorder tests --ignore=tests/mmseg1x',
         'bash tools/setup_env_mmseg1.sh',
         '.venv-mmseg1/bin/python -m pytest -n auto --dist loadfile '
-        'tests/mmseg1x']
+        '--no-loadscope-reorder tests/mmseg1x']
     with open(osp.join(ROOT, '.ci', 'run')) as f:
         ci = [line for line in f.read().splitlines()
               if line and not line.startswith('#')]
     assert ci[-1] == 'make test'
+
+
+def test_the_files_run_first_exist():
+    # A renamed file would silently drop out of the longest-first order.
+    from conftest import LONGEST_FIRST
+    assert LONGEST_FIRST and [name for name in LONGEST_FIRST
+                              if not osp.isfile(osp.join(ROOT, name))] == []
 
 
 def test_plain_torch_example_runs():
