@@ -274,15 +274,16 @@ def norm_factory(norm_cfg, build_norm_layer):
 class SemanticAnchorLossBase(SemanticAnchorRegularizer):
     """The regularizer under mmseg's loss contract, for both generations.
 
-    Each generation registers a thin subclass that turns ``norm_cfg`` into
-    a norm factory with its own mmcv (:func:`norm_factory`). Returns the
-    entries of :func:`loss_outputs`.
+    Each generation registers a thin subclass that names its own mmcv's
+    ``build_norm_layer``; ``norm_cfg`` becomes the projector's norm factory
+    through it (:func:`norm_factory`). Returns the entries of
+    :func:`loss_outputs`.
 
     Args:
         num_classes (int): C.
         channels (int): D.
-        norm_layer (callable): ``norm_layer(D)``, see
-            :class:`sar.core.AnchorProjector`.
+        norm_cfg (dict, optional): an mmcv norm config for the projector;
+            None means BN.
         loss_weight (float): scales both losses on top of their own weights.
         loss_name (str): prefix of the loss keys; must start with 'loss_'.
         **kwargs: the hyperparameters of
@@ -293,10 +294,15 @@ class SemanticAnchorLossBase(SemanticAnchorRegularizer):
         (C, D) -> (C, C).
     """
 
-    def __init__(self, num_classes, channels, norm_layer, loss_weight=1.0,
+    # The generation's mmcv.cnn.build_norm_layer, as a staticmethod.
+    build_norm_layer = None
+
+    def __init__(self, num_classes, channels, norm_cfg=None, loss_weight=1.0,
                  loss_name='loss_sar', **kwargs):
         check_loss_settings(loss_weight, loss_name)
-        super().__init__(num_classes, channels, norm_layer=norm_layer,
+        super().__init__(num_classes, channels,
+                         norm_layer=norm_factory(norm_cfg,
+                                                 self.build_norm_layer),
                          **kwargs)
         self.loss_weight = loss_weight
         self._loss_name = loss_name

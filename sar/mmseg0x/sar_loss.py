@@ -40,13 +40,4 @@ class SemanticAnchorLoss(wrapping.SemanticAnchorLossBase):
         (C, D) -> (C, C).
     """
 
-    def __init__(self,
-                 num_classes,
-                 channels,
-                 norm_cfg=None,
-                 loss_weight=1.0,
-                 loss_name='loss_sar',
-                 **kwargs):
-        super().__init__(num_classes, channels,
-                         wrapping.norm_factory(norm_cfg, build_norm_layer),
-                         loss_weight, loss_name, **kwargs)
+    build_norm_layer = staticmethod(build_norm_layer)
