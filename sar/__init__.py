@@ -4,8 +4,8 @@
 registers ``SARHead``, ``SemanticAnchorLoss`` and ``DigitScenesDataset`` into
 the registries of the installed mmseg generation: :mod:`sar.mmseg0x` for
 mmseg 0.x, :mod:`sar.mmseg1x` for mmseg 1.x (each checks its versions and
-applies its shims), and never the other. Without mmseg, the plain-torch layers are
-there alone: the method (:mod:`sar.core`), data generation
+applies its shims), and never the other. Without mmseg, the plain-torch
+layers are there alone: the method (:mod:`sar.core`), data generation
 (:mod:`sar.data`), evaluation (:mod:`sar.evaluation`) and checkpoint
 conversion (:mod:`sar.checkpoints`). Imports run one way: a generation's
 glue uses those layers, they never use a glue.

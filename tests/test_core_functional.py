@@ -140,7 +140,7 @@ def _hand(p0, p1, keep0=True, keep1=True):
     lp = [LN(p0) if keep0 else 0.0, LN(p1) if keep1 else 0.0]
     ce = [-LN(p0), -LN(p1)]
     norm = sum(lp) if (keep0 or keep1) else 1.0
-    return sum(l / norm * c for l, c in zip(lp, ce))
+    return sum(w / norm * c for w, c in zip(lp, ce))
 
 
 def _sig(x):

@@ -85,8 +85,8 @@ class Reference:
             'proj.weight': leaf(p.proj.weight),
             'norm3.weight': leaf(p.norm3.weight),
             'norm3.bias': leaf(p.norm3.bias)}
-        self.running = {f'norm{i}.{s}': getattr(getattr(p, f'norm{i}'),
-                                                 s).detach().clone()
+        self.running = {f'norm{i}.{s}':
+                        getattr(getattr(p, f'norm{i}'), s).detach().clone()
                         for i in (1, 2, 3) for s in ('running_mean',
                                                      'running_var')}
         self.cls_weight = leaf(linear.weight)

@@ -1,4 +1,5 @@
-"""SemanticAnchorRegularizer: state, gradient flow, DDP agreement (plain torch)."""
+"""SemanticAnchorRegularizer: state, gradient flow, DDP agreement (plain
+torch)."""
 import os
 import tempfile
 
@@ -37,7 +38,8 @@ def run_two_ranks(rank_main):
 
 
 def open_gate(reg):
-    """A classifier that classifies every embedded anchor right, confidently."""
+    """A classifier that classifies every embedded anchor right and
+    confidently."""
     class Oracle(nn.Module):
         def __init__(self):
             super().__init__()

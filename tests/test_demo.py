@@ -54,10 +54,10 @@ def test_comparison_table_rows_and_gain():
                                mIoU=63.33)
     lines = text.splitlines()
     assert 'baseline IoU' in lines[1] and 'SAR IoU' in lines[1]
-    tail_row = next(l for l in lines if 'tail mean (c)' in l)
+    tail_row = next(row for row in lines if 'tail mean (c)' in row)
     assert '10.00' in tail_row and '40.00' in tail_row and '+30.00' in \
         tail_row
-    miou_row = next(l for l in lines if '| mIoU' in l)
+    miou_row = next(row for row in lines if '| mIoU' in row)
     assert '+13.33' in miou_row
     with pytest.raises(ValueError):
         comparison_table({'a': metrics['SAR']}, 'abc', ['a'], ['b'])

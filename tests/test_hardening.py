@@ -290,7 +290,7 @@ def test_a_killed_save_leaves_nothing_behind_after_the_next(tmp_path):
     assert torch.load(path, weights_only=False)['state_dict']
 
 
-# --- fp16 settings ------------------------------------------------------------
+# --- fp16 settings -----------------------------------------------------------
 
 def fp16_cfg(**entries):
     return Config(dict(optimizer_config=dict(grad_clip=None), **entries))
@@ -367,8 +367,9 @@ def test_fp16_dict_fills_in_what_the_fp16_hook_lacks(monkeypatch):
     assert resolve_fp16(as_class) is None
     assert as_class.optimizer_config.loss_scale == 256.
     assert isinstance(as_class.optimizer_config.loss_scale, float)
-    anomaly = Config(dict(fp16=dict(loss_scale='dynamic'), optimizer_config=dict(
-        detect_anomalous_params=True, grad_clip=None)))
+    anomaly = Config(dict(
+        fp16=dict(loss_scale='dynamic'),
+        optimizer_config=dict(detect_anomalous_params=True, grad_clip=None)))
     resolve_fp16(anomaly)
     assert anomaly.optimizer_config == dict(
         type='Fp16OptimizerHook', grad_clip=None, loss_scale='dynamic')

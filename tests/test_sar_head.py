@@ -190,7 +190,8 @@ def test_segmentor_inference_identical_to_plain(test_cfg, aug):
     with torch.no_grad():
         if aug:
             # multi-scale + flip TTA, as tools/test.py --aug-test feeds it
-            imgs = [img, torch.nn.functional.interpolate(img, scale_factor=1.5),
+            imgs = [img,
+                    torch.nn.functional.interpolate(img, scale_factor=1.5),
                     img.flip(-1)]
             flipped = dict(metas[0], flip=True, flip_direction='horizontal')
             scaled = dict(metas[0], img_shape=(60, 60, 3))

@@ -135,8 +135,8 @@ def test_format_only_refuses_a_non_empty_named_folder(prepared, tmp_path):
     assert 'probe:' not in proc.stdout
 
 
-def test_cityscapes_eval_refuses_a_non_empty_default_folder(prepared,
-                                                           tmp_path):
+def test_cityscapes_eval_refuses_a_non_empty_default_folder(
+        prepared, tmp_path):
     default = tmp_path / '.format_cityscapes'
     default.mkdir()
     (default / 'old.png').write_bytes(b'results of an earlier run')

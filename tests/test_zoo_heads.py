@@ -111,8 +111,8 @@ def test_wrap_zoo_head(head_type):
     num_classes = decode_heads(model_cfg)[index]['head']['num_classes']
     img, metas, gt = tiny_batch(num_classes, B=2, size=size)
     losses = model.forward_train(img, metas, gt)
-    prefix = 'decode' if not isinstance(model.decode_head, torch.nn.ModuleList) \
-        else f'decode_{index}'
+    cascade = isinstance(model.decode_head, torch.nn.ModuleList)
+    prefix = f'decode_{index}' if cascade else 'decode'
     for key in ('loss_sar_pull', 'loss_sar_anchor_ce', 'sar.anchor_acc'):
         assert f'{prefix}.{key}' in losses, sorted(losses)
     loss, _ = model._parse_losses(losses)

@@ -154,10 +154,10 @@ def render_scene(rng, size, glyphs, min_scale=18, max_scale=28,
     offset of std ``texture_contrast``); every digit's colour is drawn
     uniformly from RGB too and redrawn until it is ``min_contrast`` away
     (RGB distance) from every blend of the two background colours. Any
-    colour can be background in one scene and digit in another. A glyph is resized to a random
-    height in [min_scale, max_scale] pixels (width 0.8-1.1 times that) and
-    placed without overlapping earlier digits where 100 tries allow (later
-    digits cover earlier ones otherwise). A pixel belongs to a digit where
+    colour can be background in one scene and digit in another. A glyph is
+    resized to a random height in [min_scale, max_scale] pixels (width
+    0.8-1.1 times that) and placed without overlapping earlier digits where
+    100 tries allow (later digits cover earlier ones otherwise). A pixel belongs to a digit where
     its resized ink is at least 0.5; ink also sets the colour blend, so
     edges are anti-aliased.
 
@@ -259,7 +259,8 @@ def make_digitscenes(root, num_train=2000, num_val=200, size=64,
         per class (background first) and ``glyph_indices`` (indices into
         ``load_digits()`` that the split used).
     """
-    args = dict(format_version=FORMAT_VERSION, num_train=num_train, num_val=num_val, size=size,
+    args = dict(format_version=FORMAT_VERSION, num_train=num_train,
+                num_val=num_val, size=size,
                 digits_per_scene=digits_per_scene,
                 imbalance_ratio=float(imbalance_ratio),
                 val_per_class=val_per_class, seed=seed)

@@ -441,4 +441,3 @@ def apply():
     _patch_iter_runner()
     _patch_checkpoint_files()
     _patch_get_stream()
-

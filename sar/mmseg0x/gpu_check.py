@@ -314,7 +314,8 @@ import json, os, platform, torch
 import mmcv, mmseg, sar
 from mmcv.ops import get_compiler_version, get_compiling_cuda_version
 info = dict(python=platform.python_version(), torch=torch.__version__,
-            torch_cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+            torch_cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
             cuda_available=torch.cuda.is_available(), mmcv=mmcv.__version__,
             mmcv_ops_cuda=get_compiling_cuda_version(),
             mmcv_ops_compiler=get_compiler_version(), mmseg=mmseg.__version__,
