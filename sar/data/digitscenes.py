@@ -157,9 +157,9 @@ def render_scene(rng, size, glyphs, min_scale=18, max_scale=28,
     colour can be background in one scene and digit in another. A glyph is
     resized to a random height in [min_scale, max_scale] pixels (width
     0.8-1.1 times that) and placed without overlapping earlier digits where
-    100 tries allow (later digits cover earlier ones otherwise). A pixel belongs to a digit where
-    its resized ink is at least 0.5; ink also sets the colour blend, so
-    edges are anti-aliased.
+    100 tries allow (later digits cover earlier ones otherwise). A pixel
+    belongs to a digit where its resized ink is at least 0.5; ink also sets
+    the colour blend, so edges are anti-aliased.
 
     Args:
         rng (np.random.Generator): source of randomness.
