@@ -1,5 +1,6 @@
 """The installed stack: sar registers, mmcv's compiled ops load, a zoo model
 trains a step on CPU, and the core imports without mmseg."""
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -78,3 +79,21 @@ def test_runtime_environment_has_no_broken_requirements():
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert 'No broken requirements found' in run.stdout
+
+
+def test_the_set_up_upgrades_an_xdist_without_the_makefiles_option(tmp_path):
+    # `make test` passes --no-loadscope-reorder (pytest-xdist >= 3.8); an
+    # older xdist imports fine, so the set-up scripts read its version.
+    def tools_ok(version):
+        fake = tmp_path / version / 'xdist'
+        fake.mkdir(parents=True)
+        (fake / '__init__.py').write_text(f'__version__ = {version!r}\n')
+        script = ('log() { :; }; source tools/_env_common.sh; '
+                  f'PY={sys.executable}; EMPTY={tmp_path}; test_tools_ok')
+        return subprocess.run(
+            ['bash', '-c', script], cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(tmp_path / version))
+        ).returncode == 0
+
+    assert not tools_ok('3.7.0')
+    assert tools_ok('3.8.0') and tools_ok('3.10.1') and tools_ok('4.0')

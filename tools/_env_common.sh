@@ -13,6 +13,9 @@
 #   ensure_torch     install $TORCH_SPEC unless torch and torchvision import
 #                    (an existing torch is kept whatever its version: sar
 #                    checks the supported range on import)
+#   test_tools_ok    pytest and pytest-xdist >= 3.8 are there (the
+#                    Makefile's --no-loadscope-reorder; an older xdist
+#                    imports as well, so its version is read)
 
 open_venv() {
     local venv="$1"
@@ -32,6 +35,11 @@ open_venv() {
 }
 
 has() { (cd "$EMPTY" && "$PY" "$@") >/dev/null 2>&1; }
+
+test_tools_ok() {
+    has -c 'import sys, pytest, xdist
+sys.exit(tuple(map(int, xdist.__version__.split(".")[:2])) < (3, 8))'
+}
 
 ensure_torch() {
     if ! has -c 'import torch, torchvision'; then

@@ -64,7 +64,7 @@ fi
 
 # 4. mmsegmentation, this package and the test tools.
 if ! has -c "import mmseg, sys; sys.exit(mmseg.__version__ != '$MMSEG_VERSION')" \
-   || ! has -c 'import sar, pytest, xdist, sklearn, matplotlib'; then
+   || ! has -c 'import sar, sklearn, matplotlib' || ! test_tools_ok; then
     log "installing mmsegmentation $MMSEG_VERSION, sar (editable) and test requirements"
     "${PIP[@]}" install -c "$ROOT/requirements/constraints.txt" \
         "mmsegmentation==$MMSEG_VERSION" -r "$ROOT/requirements/tests.txt"

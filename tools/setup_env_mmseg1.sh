@@ -77,7 +77,8 @@ fi
 
 # 3. mmengine, mmsegmentation, this package and the test tools.
 if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
-   || ! has -c 'import pytest, xdist, sklearn, matplotlib, ftfy, regex, pkg_resources' \
+   || ! has -c 'import sklearn, matplotlib, ftfy, regex, pkg_resources' \
+   || ! test_tools_ok \
    || ! has -c "import importlib.util as u, os, sys; s = u.find_spec('sar'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.realpath(s.origin))) != os.path.realpath('$ROOT'))"; then
     log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
     "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" \
