@@ -1,12 +1,15 @@
 """Every config in configs/mmseg1x loads with mmengine and builds through
 mmseg 1.x's registries; SAR configs differ from their baseline twins only by
 the wrapped decode head; names, paper settings and the demo's match the 0.x
-configs; the demo pair trains a step on its own pipeline."""
+configs; the demo pair trains a step on its own pipeline; a bare pytest
+(setup.cfg's testpaths) collects this suite only."""
 import copy
 import functools
 import glob
 import os.path as osp
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +239,17 @@ def test_demo_trains_a_step_and_predicts_on_its_pipeline(path, scenes):
     assert pred.gt_sem_seg.data.shape == (1, 64, 64)
     assert 0 <= int(pred.gt_sem_seg.data.min()) and \
         int(pred.gt_sem_seg.data.max()) <= 10
+
+
+def test_a_bare_pytest_collects_this_suite_only():
+    # setup.cfg's testpaths = tests: with mmseg 1.x the 0.x suite's files
+    # (mmcv-full 1.x imports) stay out.
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pytest', '--collect-only', '-q',
+         '-p', 'no:cacheprovider'], cwd=ROOT, capture_output=True,
+        text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = [line for line in proc.stdout.splitlines() if '::' in line]
+    assert ids and all(i.startswith('tests/mmseg1x/') for i in ids)
+    assert 'tests/mmseg1x/test_configs.py::test_a_bare_pytest_collects_' \
+        'this_suite_only' in ids
