@@ -113,39 +113,20 @@ def load_config(path):
     return Config.fromfile(path)
 
 
-# The paper's model shape (HRNet branches resize-concatenated into a 1x1 FCN
-# head, no dropout) at a few channels per branch, with mmseg's SyncBN: the
-# 0.x suite's configs/_base_/models/fcn_hrtiny.py in 1.x style.
-HRTINY = '''
-norm_cfg = dict(type='SyncBN', requires_grad=True)
-head = dict(
-    type='FCNHead', in_channels=[8, 16, 32, 64], in_index=(0, 1, 2, 3),
-    channels=120, input_transform='resize_concat', kernel_size=1,
-    num_convs=1, concat_input=False, dropout_ratio=-1, num_classes=4,
-    norm_cfg=norm_cfg, align_corners=False,
-    loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
-                     loss_weight=1.0))
+# The 0.x suite's model base (the paper's model shape, HRNet branches
+# resize-concatenated into a 1x1 FCN head, at a few channels per branch,
+# with SyncBN) and mmseg 1.x's data preprocessor; SAR wraps its head.
+HRTINY = """
+_base_ = [r'{base}']
 model = dict(
-    type='EncoderDecoder',
     data_preprocessor=dict(
         type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
-        seg_pad_val=255, size=({size}, {size})),
-    backbone=dict(
-        type='HRNet', norm_cfg=norm_cfg, norm_eval=False,
-        extra=dict(
-            stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
-                        num_blocks=(1, ), num_channels=(8, )),
-            stage2=dict(num_modules=1, num_branches=2, block='BASIC',
-                        num_blocks=(1, 1), num_channels=(8, 16)),
-            stage3=dict(num_modules=1, num_branches=3, block='BASIC',
-                        num_blocks=(1, 1, 1), num_channels=(8, 16, 32)),
-            stage4=dict(num_modules=1, num_branches=4, block='BASIC',
-                        num_blocks=(1, 1, 1, 1),
-                        num_channels=(8, 16, 32, 64)))),
-    decode_head={decode_head},
-    train_cfg=dict(), test_cfg=dict(mode='whole'))
-'''
+        seg_pad_val=255, size=({size}, {size})),{decode_head})
+"""
+SAR_HEAD = """
+    decode_head=dict(_delete_=True, type='SARHead',
+                     head=_base_.model.decode_head)"""
 
 SHAPES = '''
 dataset = dict(
@@ -218,8 +199,9 @@ def write_config(path, root, iters, sar=True, batch=2, flip=0.5, size=32,
         imports: plugin modules (tests/plugins) to import besides sar.
         hooks: ``custom_hooks`` entries.
     """
-    head = "dict(type='SARHead', head=head)" if sar else 'head'
-    text = (HRTINY.format(size=size, decode_head=head)
+    text = (HRTINY.format(base=osp.join(ROOT, 'configs', '_base_',
+                                        'models', 'fcn_hrtiny.py'),
+                          size=size, decode_head=SAR_HEAD if sar else '')
             + SHAPES.format(root=root, batch=batch, flip=flip)
             + RUNTIME.format(iters=iters, checkpoint=checkpoint or iters,
                              diff_rank_seed=diff_rank_seed))
