@@ -373,3 +373,9 @@ def test_fp16_dict_fills_in_what_the_fp16_hook_lacks(monkeypatch):
     resolve_fp16(anomaly)
     assert anomaly.optimizer_config == dict(
         type='Fp16OptimizerHook', grad_clip=None, loss_scale='dynamic')
+
+
+def test_the_generation_free_loss_base_names_what_it_lacks():
+    from sar.core.wrapping import SemanticAnchorLossBase
+    with pytest.raises(TypeError, match='staticmethod.*build_norm_layer'):
+        SemanticAnchorLossBase(3, 8)

@@ -300,6 +300,11 @@ class SemanticAnchorLossBase(SemanticAnchorRegularizer):
     def __init__(self, num_classes, channels, norm_cfg=None, loss_weight=1.0,
                  loss_name='loss_sar', **kwargs):
         check_loss_settings(loss_weight, loss_name)
+        if self.build_norm_layer is None:
+            raise TypeError(
+                f'{type(self).__name__} needs build_norm_layer = '
+                'staticmethod(mmcv.cnn.build_norm_layer) from its mmcv: use '
+                "a generation's SemanticAnchorLoss (sar.SemanticAnchorLoss)")
         super().__init__(num_classes, channels,
                          norm_layer=norm_factory(norm_cfg,
                                                  self.build_norm_layer),
