@@ -4,8 +4,8 @@ import os
 import os.path as osp
 import re
 import subprocess
-import sys
 
+from bare_run import bare_collection
 from conftest import ROOT
 
 with open(osp.join(ROOT, 'README.md')) as f:
@@ -73,14 +73,9 @@ def test_paths_named_in_shell_blocks_exist():
 
 
 def test_a_bare_pytest_collects_this_suite_only():
-    # setup.cfg's testpaths = tests: with mmseg 0.x, tests/mmseg1x (its
-    # conftest would shadow this one's helpers) stays out.
-    proc = subprocess.run(
-        [sys.executable, '-m', 'pytest', '--collect-only', '-q',
-         '-p', 'no:cacheprovider'], cwd=ROOT, capture_output=True,
-        text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ids = [line for line in proc.stdout.splitlines() if '::' in line]
+    # With mmseg 0.x, tests/mmseg1x (its conftest would shadow this one's
+    # helpers) stays out.
+    ids = bare_collection()
     assert ids and not [i for i in ids if i.startswith('tests/mmseg1x/')]
     assert 'tests/test_readme.py::test_a_bare_pytest_collects_this_suite_' \
         'only' in ids

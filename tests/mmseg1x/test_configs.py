@@ -8,8 +8,6 @@ import functools
 import glob
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from mmengine.optim import build_optim_wrapper
 from mmseg.registry import DATASETS, MODELS
 from PIL import Image
 
+from bare_run import bare_collection
 from helpers1x import ROOT
 
 FOLDER = osp.join(ROOT, 'configs', 'mmseg1x')
@@ -242,14 +241,8 @@ def test_demo_trains_a_step_and_predicts_on_its_pipeline(path, scenes):
 
 
 def test_a_bare_pytest_collects_this_suite_only():
-    # setup.cfg's testpaths = tests: with mmseg 1.x the 0.x suite's files
-    # (mmcv-full 1.x imports) stay out.
-    proc = subprocess.run(
-        [sys.executable, '-m', 'pytest', '--collect-only', '-q',
-         '-p', 'no:cacheprovider'], cwd=ROOT, capture_output=True,
-        text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ids = [line for line in proc.stdout.splitlines() if '::' in line]
+    # With mmseg 1.x the 0.x suite's files (mmcv-full 1.x imports) stay out.
+    ids = bare_collection()
     assert ids and all(i.startswith('tests/mmseg1x/') for i in ids)
     assert 'tests/mmseg1x/test_configs.py::test_a_bare_pytest_collects_' \
         'this_suite_only' in ids
