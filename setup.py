@@ -35,7 +35,7 @@ setup(
     install_requires=[
         'mmsegmentation>=0.30.0,!=1.0.*,!=1.1.*,<1.5', 'numpy', 'prettytable'
     ],
-    extras_require={'tests': ['pytest']},
+    extras_require={'tests': ['pytest', 'pytest-xdist>=3.8']},
     classifiers=[
         'License :: OSI Approved :: Apache Software License',
         'Programming Language :: Python :: 3',
