@@ -1,8 +1,12 @@
 # One-command set-up and entry points. Every target installs what it needs.
-#   make install         .venv: torch, mmcv-full 1.7.2 (built once, cached),
-#                        mmseg 0.30, sar
-#   make install-mmseg1  .venv-mmseg1: torch, mmcv 2.1.0 (built once, cached),
-#                        mmengine 0.10, mmseg 1.2, sar
+#   make install         .venv: exactly requirements/lock/mmseg0.txt (torch,
+#                        mmseg 0.30, ...), mmcv-full 1.7.2 (built once,
+#                        cached) and sar
+#   make install-mmseg1  .venv-mmseg1: exactly requirements/lock/mmseg1.txt
+#                        (torch, mmengine 0.10, mmseg 1.2, ...), mmcv 2.1.0
+#                        (built once, cached) and sar
+#   make lock            resolve requirements/lock/*.txt anew from the loose
+#                        requirements (uv pip compile; tools/lock.sh)
 #   make test            both environments, then both suites: tests/ on
 #                        mmseg 0.30, tests/mmseg1x on mmseg 1.x
 #   make demo            SAR against its baseline on DigitScenes-LT (generated
@@ -16,13 +20,16 @@ PY1 := .venv-mmseg1/bin/python
 # longest first.
 PYTEST := -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
-.PHONY: install install-mmseg1 test test-mmseg0 test-mmseg1 demo demo-mmseg1 clean
+.PHONY: install install-mmseg1 lock test test-mmseg0 test-mmseg1 demo demo-mmseg1 clean
 
 install:
 	bash tools/setup_env.sh
 
 install-mmseg1:
 	bash tools/setup_env_mmseg1.sh
+
+lock:
+	bash tools/lock.sh
 
 test: test-mmseg0 test-mmseg1
 
