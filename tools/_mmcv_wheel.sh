@@ -7,7 +7,7 @@
 # Leaves PACKAGE-VERSION-*.whl (with _ for -: mmcv_full-1.7.2-*.whl,
 # mmcv-2.1.0-*.whl) in DEST. PACKAGE defaults to mmcv-full (mmseg 0.x) and
 # VERSION to $MMCV_VERSION; mmcv 2.x (mmseg 1.x) is the package "mmcv".
-# Needs WHEEL_CACHE (the sdist is kept in $WHEEL_CACHE/sdist) and a `log`
+# Needs ROOT (the clone), WHEEL_CACHE (the sdist is kept in $WHEEL_CACHE/sdist) and a `log`
 # function. Compiles the CPU ops unless the interpreter's torch sees a GPU and
 # nvcc is on the PATH (FORCE_CUDA=0 forces CPU ops); MAX_JOBS sets the
 # parallelism.
@@ -28,8 +28,10 @@ _make_build_venv() {
     purelib="$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     "$runtime_py" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
         > "$purelib/sar_runtime.pth"
+    # requirements/lock/build.txt: setuptools<70, wheel and ninja.
     "$dir/bin/python" -m pip --disable-pip-version-check -q install \
-        --no-warn-conflicts 'setuptools<70' wheel ninja
+        --no-warn-conflicts --require-hashes --no-deps \
+        -r "$ROOT/requirements/lock/build.txt"
 }
 
 build_mmcv_wheel() {
@@ -44,6 +46,19 @@ build_mmcv_wheel() {
         mkdir -p "$WHEEL_CACHE/sdist"
         "${bpip[@]}" download --no-deps --no-build-isolation --no-binary :all: \
             -d "$WHEEL_CACHE/sdist" "$pkg==$version"
+    fi
+    # The sdist's hash is kept beside the locks (the index's, in sha256sum's
+    # format); `make lock` does not write it: a new mmcv version adds its line.
+    local sums="$ROOT/requirements/lock/mmcv-sdists.sha256" line
+    line="$(awk -v f="$(basename "$sdist")" '$2 == f' "$sums")"
+    if [ -z "$line" ]; then
+        echo "build_mmcv_wheel: no hash for $(basename "$sdist") in $sums" >&2
+        return 2
+    fi
+    if ! (cd "$(dirname "$sdist")" && sha256sum --quiet -c - <<<"$line"); then
+        echo "build_mmcv_wheel: $sdist does not match $sums; removed it" >&2
+        rm -f "$sdist"
+        return 1
     fi
     tar -xzf "$sdist" -C "$build"
     src="$build/$pkg-$version"

@@ -5,15 +5,16 @@
 #
 #   bash tools/build_device_wheels.sh
 #
-# 1. a "twin" virtualenv of the GPU machine's own stack (Python 3.12, the
-#    packages of requirements/device-twin.txt; torch there is PyPI's build,
+# 1. a "twin" virtualenv of the GPU machine's own stack (Python 3.12,
+#    exactly requirements/lock/device-twin.txt; torch there is PyPI's build,
 #    which runs on the CPU): mmcv-full is built against it, and
 #    `tools/gpu_check.sh --cpu` rehearses the check in it;
 # 2. mmcv-full 1.7.2 built from its sdist against that torch, CPU ops only
 #    (none of the models in configs/ calls mmcv's CUDA kernels), with the
 #    same patch as tools/setup_env.sh, and its debug symbols stripped (78 MB
 #    of the extension is debug information);
-# 3. the pure-Python wheels of requirements/device.txt;
+# 3. the pure-Python wheels of requirements/lock/device.txt that the twin
+#    lacks, at the lock's versions and hashes;
 # 4. all of them in .device/wheels (git-ignored) with SHA256SUMS, under the
 #    device tool's 64 MiB limit for what travels; a folder named by
 #    DEVICE_OUT keeps whatever else it holds (tools/_device_set.sh).
@@ -45,6 +46,8 @@ log() { printf '[build_device_wheels] %s\n' "$*"; }
 source "$ROOT/tools/_mmcv_wheel.sh"
 # shellcheck source=tools/_device_set.sh
 source "$ROOT/tools/_device_set.sh"
+# shellcheck source=tools/_env_common.sh
+source "$ROOT/tools/_env_common.sh"
 
 is_py312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; }
 if [ -z "${PYTHON312:-}" ]; then
@@ -70,14 +73,21 @@ if ! "$TPY" -c "import torch, torchvision, cv2, yaml, matplotlib, sys; sys.exit(
     log "creating the twin virtualenv $TWIN (torch $TWIN_TORCH: several GB)"
     rm -rf "$TWIN"
     "$PYTHON312" -m venv "$TWIN"
-    "$TPY" -m pip --disable-pip-version-check -q install -r "$ROOT/requirements/device-twin.txt"
+fi
+# The twin is exactly requirements/lock/device-twin.txt (uv pip sync: what
+# the lock does not name goes); seconds when it already is.
+if ! "$TPY" "$ROOT/tools/locks.py" check "$ROOT/requirements/lock/device-twin.txt" >/dev/null 2>&1; then
+    PYTHON="$PYTHON312"
+    ensure_uv
+    "$UV" pip sync -q --no-config --python "$TPY" "$ROOT/requirements/lock/device-twin.txt"
 fi
 [ "$(CUDA_VISIBLE_DEVICES='' mmcv_wheel_tag "$TPY")" = "$TAG" ] \
     || { echo "build_device_wheels: the twin's torch is not $TWIN_TORCH" >&2; exit 1; }
 
 # Keyed on its recipe: a change to the requirements, to the mmcv build or
 # to this script makes a new set (the mmcv-full wheel is cached by tag).
-KEY="$(cat "$ROOT"/requirements/device*.txt "$ROOT/tools/_mmcv_wheel.sh" \
+KEY="$(cat "$ROOT"/requirements/device*.txt "$ROOT"/requirements/lock/device*.txt \
+    "$ROOT/requirements/lock/build.txt" "$ROOT/tools/_mmcv_wheel.sh" \
     "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
 SET="$WHEEL_CACHE/device/$TAG-$KEY"
 if [ ! -f "$SET/SHA256SUMS" ] || ! (cd "$SET" && sha256sum --quiet -c SHA256SUMS); then
@@ -97,12 +107,17 @@ if [ ! -f "$SET/SHA256SUMS" ] || ! (cd "$SET" && sha256sum --quiet -c SHA256SUMS
     # `wheel pack` writes the RECORD anew, with the stripped files' hashes.
     "$TPY" -m wheel pack -d "$SET" "$WORK"/mmcv_full-* >/dev/null
     rm -rf "$WORK"
-    # 3. The pure-Python rest, for CPython 3.12 on x86-64 Linux.
-    log "downloading the wheels of requirements/device.txt"
+    # 3. The pure-Python rest, for CPython 3.12 on x86-64 Linux: the pins
+    #    of requirements/lock/device.txt that the twin (the machine's image)
+    #    lacks, checked against the lock's hashes.
+    log "downloading the wheels of requirements/lock/device.txt that the machine lacks"
+    "$TPY" "$ROOT/tools/locks.py" subset "$ROOT/requirements/lock/device.txt" \
+        --minus "$ROOT/requirements/lock/device-twin.txt" > "$SET/carried.txt"
     "$TPY" -m pip --disable-pip-version-check -q download --no-deps \
-        --only-binary=:all: --python-version 3.12 --implementation cp \
+        --require-hashes --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-        -d "$SET" -r "$ROOT/requirements/device.txt"
+        -d "$SET" -r "$SET/carried.txt"
+    rm "$SET/carried.txt"
     # The set must import in the twin as gpu_check.sh installs it there:
     # a dependency missing from requirements/device.txt shows here.
     PROBE="$(mktemp -d)"

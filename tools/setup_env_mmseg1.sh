@@ -5,8 +5,10 @@
 # editable mode. The 0.x environment is tools/setup_env.sh's; both share the
 # wheel builder of tools/_mmcv_wheel.sh and its cache.
 #
-# Idempotent: every step first checks whether its result is already there, so
-# a second run takes seconds. The built mmcv wheel is kept in a cache outside
+# The environment is exactly requirements/lock/mmseg1.txt (what `make lock`
+# resolved), the mmcv wheel built here and sar: a second run, or one after
+# the lock changed, brings it back to that in seconds (uv pip sync).
+# Idempotent: every step first checks whether its result is already there. The built mmcv wheel is kept in a cache outside
 # the clone (WHEEL_CACHE, default ~/.cache/sar/wheels/<tag>) so fresh clones
 # on the same machine reuse it, and copied into the clone's git-ignored
 # .cache/wheels.
@@ -16,8 +18,10 @@
 #                   project root)
 #   PYTHON          interpreter for a new virtualenv (default: python3.11, else python3)
 #   SAR_SYSTEM_SITE 1: create the virtualenv with --system-site-packages, so an
-#                   already-installed torch (e.g. a CUDA build) is reused
-#   TORCH_SPEC      what to pip-install when torch is missing
+#                   already-installed torch (e.g. a CUDA build) is reused;
+#                   the environment is then the user's, and the loose ranges
+#                   of requirements/ apply instead of the lock
+#   TORCH_SPEC      what to pip-install when torch is missing (SAR_SYSTEM_SITE=1)
 #   MAX_JOBS        parallel compile jobs for mmcv (default: nproc)
 #   WHEEL_CACHE     where built wheels are kept
 #
@@ -40,10 +44,10 @@
 #   setuptools 84 that torch's `setuptools>=77.0.3` pulls in (setuptools 82
 #   dropped it). requirements/mmseg1.txt keeps setuptools below 82 (81 warns
 #   that pkg_resources is deprecated, and works).
-# - sar is installed with --no-deps, so that pip's resolver leaves the
+# - sar is installed with --no-deps, so that the resolver leaves the
 #   stack above alone. Its presence is checked with find_spec, not
 #   `import sar`: a sar without the 1.x glue refuses to import next to
-#   mmseg 1.x.
+#   mmseg 1.x (_env_common.sh: sar_is_this_clone).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,26 +68,36 @@ log() { printf '[setup_env_mmseg1] %s\n' "$*"; }
 source "$ROOT/tools/_env_common.sh"
 open_venv "$VENV"
 
-# 1. torch + torchvision.
-ensure_torch
+LOCK="$ROOT/requirements/lock/mmseg1.txt"
 
 # shellcheck source=tools/_mmcv_wheel.sh
 source "$ROOT/tools/_mmcv_wheel.sh"
+mmcv_ok() {
+    has -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')"
+}
 
-# 2. mmcv with compiled ops, from the wheel cache or built from its sdist.
-if ! has -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '$MMCV_VERSION')"; then
-    install_mmcv_wheel "$PY" "$MMCV_PACKAGE" "$MMCV_VERSION"
-fi
-
-# 3. mmengine, mmsegmentation, this package and the test tools.
-if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
-   || ! has -c 'import sklearn, matplotlib, ftfy, regex, pkg_resources' \
-   || ! test_tools_ok \
-   || ! has -c "import importlib.util as u, os, sys; s = u.find_spec('sar'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.realpath(s.origin))) != os.path.realpath('$ROOT'))"; then
-    log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
-    "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" \
-        -r "$ROOT/requirements/test-tools.txt" -r "$ROOT/requirements/demo.txt"
-    "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+if [ "${SAR_SYSTEM_SITE:-0}" = 1 ]; then
+    # The user's own packages (a CUDA torch, say) stay: the loose ranges of
+    # requirements/ apply, not the lock.
+    # 1. torch + torchvision.
+    ensure_torch
+    # 2. mmcv with compiled ops, from the wheel cache or built from its sdist.
+    if ! mmcv_ok; then
+        install_mmcv_wheel "$PY" "$MMCV_PACKAGE" "$MMCV_VERSION"
+    fi
+    # 3. mmengine, mmsegmentation, this package and the test tools.
+    if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
+       || ! has -c 'import sklearn, matplotlib, ftfy, regex, pkg_resources' \
+       || ! test_tools_ok || ! sar_is_this_clone; then
+        log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
+        "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" \
+            -r "$ROOT/requirements/test-tools.txt" -r "$ROOT/requirements/demo.txt"
+        "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
+    fi
+else
+    # The project's environment: exactly the lock, the mmcv wheel built
+    # here and sar (see _env_common.sh: install_locked).
+    install_locked "$LOCK" "$MMCV_PACKAGE" "$MMCV_VERSION" mmcv_ok
 fi
 
 # 4. The check of the whole stack, which also says what is there.
