@@ -180,27 +180,6 @@ def test_shell_entry_says_what_is_missing(tmp_path):
     assert proc.returncode == 2 and 'needs a Python 3.12' in proc.stderr
 
 
-def test_device_pins_agree_with_the_tested_environment():
-    import importlib.metadata as md
-    pins = {}
-    with open(osp.join(ROOT, 'requirements', 'device.txt')) as f:
-        for line in f:
-            line = line.split('#')[0].strip()
-            if line:
-                name, version = line.split('==')
-                pins[name] = version
-    assert pins['mmsegmentation'] == '0.30.0'
-    with open(osp.join(ROOT, 'requirements', 'constraints.txt')) as f:
-        yapf = [ln.strip() for ln in f if ln.startswith('yapf')]
-    assert yapf == [f"yapf=={pins['yapf']}"]
-    # mmseg's and mmcv's needs that the device image lacks are all carried.
-    needed = {'mmcls', 'addict', 'yapf', 'prettytable', 'importlib-metadata',
-              'lazy-importer'}
-    assert needed <= set(pins)
-    for name in needed:
-        assert md.version(name) == pins[name], name
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU rehearsal')
 def test_cpu_rehearsal_passes_every_step(tmp_path):
     out = tmp_path / 'out'
