@@ -121,7 +121,7 @@ install_locked() {
             --no-build-isolation -e "$ROOT"
     fi
     if ! (cd "$EMPTY" && "$PY" "$ROOT/tools/locks.py" check "$lock" \
-            --extra "$pkg" --extra sar) >&2; then
+            --extra "$pkg" --extra sar); then
         echo "$(basename "$0"): $VENV is not $lock after installing it" >&2
         exit 1
     fi
