@@ -89,8 +89,8 @@ sync_locked() {
     for name in "$@"; do extras+=(--extra "$name"); done
     if ! (cd "$EMPTY" && "$PY" "$ROOT/tools/locks.py" check "$lock" "${extras[@]}") \
             >"$EMPTY/lock.diff" 2>&1; then
-        log "bringing $VENV to $(basename "$(dirname "$lock")")/$(basename "$lock")"
-        sed -n '2,12p' "$EMPTY/lock.diff"
+        log "bringing $VENV to $lock ($(($(wc -l <"$EMPTY/lock.diff") - 1)) differences)"
+        sed -n '2,6p' "$EMPTY/lock.diff"
         "$UV" pip sync -q --no-config --python "$PY" "$lock"
     fi
 }
