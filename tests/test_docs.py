@@ -86,12 +86,12 @@ def run_block(lang, body, env):
         f'exit {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}'
 
 
-def check_block(lang, body, kind, note, env):
+def check_block(lang, body, kind, note, env, where=''):
     """Skip, check the named tests, or run; ``env()`` gives the shell's
     environment, asked for only when the block runs here."""
     if kind == 'not run':
         assert note, 'a "not run" marker says why'
-        pytest.skip(f'not run: {note}')
+        pytest.skip(f'{where}not run: {note}')
     if kind == 'run by':
         check_run_by(note)
         return
@@ -105,8 +105,10 @@ def check_block(lang, body, kind, note, env):
 def test_every_command_block_runs_or_says_why(path, lang, body, kind, note,
                                               request):
     # The new shell (tests/test_newcomer.py) only for blocks run here.
+    line = request.node.callspec.id.rsplit(':', 1)[-1]
     check_block(lang, body, kind, note,
-                lambda: request.getfixturevalue('new_shell'))
+                lambda: request.getfixturevalue('new_shell'),
+                where=f'{path}:{line}: ')
 
 
 def test_paths_named_in_command_blocks_exist():
