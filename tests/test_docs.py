@@ -26,7 +26,7 @@ from test_newcomer import new_shell  # noqa: F401 (a fixture)
 DOCS = ['README.md', 'CHANGELOG.md'] + sorted(
     f'docs/{name}' for name in os.listdir(osp.join(ROOT, 'docs'))
     if name.endswith('.md'))
-# Links are checked in the configs' notes too.
+# Links and command blocks are checked in the configs' notes too.
 LINKED = DOCS + ['configs/sar/README.md',
                  'configs/demo/digitscenes_calibration.md']
 COMMAND_LANGS = ('shell', 'bash', 'sh', 'console', 'python')
@@ -57,7 +57,7 @@ def blocks(text):
 
 
 def command_blocks():
-    return [(path, *block) for path in DOCS for block in blocks(read(path))
+    return [(path, *block) for path in LINKED for block in blocks(read(path))
             if block[0] in COMMAND_LANGS]
 
 
