@@ -1,4 +1,4 @@
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 # Ranges the mmseg 0.x glue is tested against; checked on import
 # (sar.mmseg0x.compat).

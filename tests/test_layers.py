@@ -1,4 +1,5 @@
-"""The package's layers: what imports what (see the README's "Layout").
+"""The package's layers: what imports what (docs/development.md, "The layer
+rule").
 
 The method (sar/core), data generation (sar/data), evaluation
 (sar/evaluation) and checkpoint conversion (sar/checkpoints) import no

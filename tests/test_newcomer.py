@@ -49,7 +49,8 @@ def test_readme_says_how_to_activate():
     assert 'source .venv/bin/activate' in train_and_test
     # the commands this test runs are the ones the README shows
     for command in ('python tools/train.py', 'bash tools/dist_train.sh',
-                    'python tools/test.py', 'bash tools/dist_test.sh'):
+                    'python tools/test.py', 'bash tools/dist_test.sh',
+                    'python tools/export_plain.py'):
         assert re.search(rf'^{re.escape(command)} ', train_and_test, re.M), \
             command
 
@@ -72,6 +73,11 @@ def test_readme_commands_work_as_typed(tmp_path, shapes_root, new_shell):
                 f'--work-dir {tmp_path / "dist_eval"}', env)
     assert 'mIoU' in out
     assert glob.glob(str(tmp_path / 'dist_eval' / 'eval_*.json'))
+    # After activating .venv, as the README's block starts.
+    plain = tmp_path / 'plain.pth'
+    shell(f'source .venv/bin/activate\n'
+          f'python tools/export_plain.py {ckpt} {plain}', new_shell)
+    assert plain.is_file()
 
 
 @pytest.mark.parametrize('orig_argv', [

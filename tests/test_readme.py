@@ -1,5 +1,6 @@
-"""The README's commands: the Quick start is what CI and users run, the
-plain-torch example executes, and every path it names exists."""
+"""The README's commands: the Quick start is what CI and users run, and
+every path it names exists. Its config lines and the docs' blocks are run
+by tests/test_docs.py."""
 import os
 import os.path as osp
 import re
@@ -45,21 +46,6 @@ def test_the_files_run_first_exist():
     from conftest import LONGEST_FIRST
     assert LONGEST_FIRST and [name for name in LONGEST_FIRST
                               if not osp.isfile(osp.join(ROOT, name))] == []
-
-
-def test_plain_torch_example_runs():
-    (code, ) = [body for lang, body in BLOCKS
-                if lang == 'python' and 'from sar.core' in body]
-    scope = {}
-    exec(compile(code, 'README.md', 'exec'), scope)
-    assert scope['loss'].requires_grad
-    # A fresh classifier rarely opens the gate: then the pull is an exact
-    # zero that is not computed, and only the anchor CE has a gradient.
-    if scope['out']['gate_open'].item():
-        assert scope['feats'].grad is not None
-    else:
-        assert scope['out']['pull'].item() == 0
-        assert scope['feats'].grad is None
 
 
 def test_paths_named_in_shell_blocks_exist():
