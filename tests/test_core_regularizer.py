@@ -1,7 +1,9 @@
 """SemanticAnchorRegularizer: state, gradient flow, DDP agreement (plain
 torch)."""
 import os
+import re
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -448,3 +450,110 @@ def test_a_step_that_changes_no_weight_is_no_step():
     for key, value in reg.state_dict().items():
         if 'projector' not in key:  # BN running stats move every call
             assert torch.equal(value, state[key]), key
+
+
+# --- checkpoints: SAR's state is one unit ------------------------------------
+
+def trained(num_classes=C, channels=D, **kwargs):
+    """A regularizer whose state is far from fresh: S set, counter at 2."""
+    torch.manual_seed(5)
+    reg = SemanticAnchorRegularizer(num_classes, channels, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.rand(2, channels, 4, 4, generator=g)
+    labels = torch.randint(0, num_classes, (2, 8, 8), generator=g)
+
+    def oracle(e):
+        return 50.0 * torch.eye(num_classes) + 0 * e[:, :num_classes]
+
+    for _ in range(3):
+        reg(feats, labels, oracle)
+        optimizer_step(reg)
+    assert reg.initialised and reg.iters_since_init.item() == 2
+    return reg
+
+
+class Model(nn.Module):
+    """A parent module, as a segmentor is: SAR's keys under ``sar.``."""
+
+    def __init__(self, num_classes=C, channels=D, seed=0, **kwargs):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(2, 2, 1)  # fits whatever SAR's shapes
+        self.sar = SemanticAnchorRegularizer(num_classes, channels, **kwargs)
+
+
+@pytest.mark.parametrize('source', [dict(num_classes=C + 2),
+                                    dict(channels=2 * D)],
+                         ids=['other_classes', 'other_width'])
+def test_a_checkpoint_that_does_not_fit_leaves_all_sar_state_fresh(source):
+    src = Model(**source)
+    src.sar = trained(**source, pull_mode='after_init')
+    checkpoint = src.state_dict()
+    model = Model(seed=1, pull_mode='after_init')
+    fresh = {k: v.clone() for k, v in Model(seed=1).state_dict().items()}
+    shape = tuple(checkpoint['sar.init_anchors'].shape)
+    with pytest.warns(UserWarning, match=rf'\(sar\.\*\) does not fit this '
+                      rf'model: init_anchors {re.escape(str(shape))} in the '
+                      rf'checkpoint, \({C}, {D}\) here; semantic_anchors'):
+        result = model.load_state_dict(checkpoint, strict=False)
+    sar_keys = [k for k in fresh if k.startswith('sar.')]
+    assert sorted(result.missing_keys) == sorted(sar_keys)
+    assert not result.unexpected_keys
+    for key in sar_keys:
+        assert torch.equal(model.state_dict()[key], fresh[key]), key
+    assert not model.sar.initialised
+    assert model.sar.iters_since_init.item() == -1
+    assert torch.equal(model.conv.weight, checkpoint['conv.weight'])
+    # after_init pulls nothing before S is set (not toward zeros) ...
+    feats, labels = batch()
+    closed = nn.Linear(D, C)
+    nn.init.zeros_(closed.weight)
+    out = model.sar(feats, labels, closed)
+    assert out['pull'].item() == 0
+    # ... and the first open gate copies E.
+    out = model.sar(feats, labels, open_gate(model.sar))
+    embedded = model.sar.embed_anchors().detach()
+    torch.testing.assert_close(model.sar.semantic_anchors, embedded)
+    assert out['iters_since_init'].item() == 0
+    from sar.core import downsample_labels, pull_loss
+    want = 0.1 * pull_loss(feats, downsample_labels(labels, (4, 4)),
+                           embedded, 255)
+    assert out['pull'].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_a_fitting_checkpoint_loads_whole_strictly_and_silently():
+    checkpoint = trained().state_dict()
+    reg = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        reg.load_state_dict(checkpoint, strict=True)
+    for key, value in checkpoint.items():
+        assert torch.equal(reg.state_dict()[key], value), key
+
+
+def test_a_checkpoint_without_sar_state_changes_nothing_silently():
+    model = Model(seed=1)
+    plain = {k: v for k, v in Model(seed=2).state_dict().items()
+             if not k.startswith('sar.')}
+    before = {k: v.clone() for k, v in model.sar.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.load_state_dict(plain, strict=False)
+    assert torch.equal(model.conv.weight, plain['conv.weight'])
+    for key, value in model.sar.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_checkpoint_missing_part_of_the_unit_loads_none_of_it():
+    checkpoint = trained().state_dict()
+    del checkpoint['semantic_anchors']
+    reg = make()
+    before = {k: v.clone() for k, v in reg.state_dict().items()}
+    with pytest.warns(UserWarning, match='semantic_anchors missing'):
+        reg.load_state_dict(checkpoint, strict=False)
+    assert not reg.initialised
+    for key, value in reg.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(RuntimeError, match='Missing key'):  # strict: said
+        with pytest.warns(UserWarning):
+            make().load_state_dict(checkpoint, strict=True)

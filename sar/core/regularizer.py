@@ -96,6 +96,11 @@ class SemanticAnchorRegularizer(nn.Module):
     accumulation the micro-batches of a step see the same embedded anchors,
     the first of them updates S, and all of them pull toward that S.
 
+    The state (anchors, projector, ``initialised``, ``iters_since_init``)
+    loads from a checkpoint as one unit: if its shapes do not fit this
+    model (fine-tuning to other classes or widths), none of it loads, and a
+    warning says so (see :meth:`_load_from_state_dict`).
+
     Bad input: labels outside ``[0, C)`` that are not ``ignore_index`` raise
     a ValueError naming them. A batch with no labelled pixel, or with
     non-finite features or anchors, changes no state (gate reported closed,
@@ -350,6 +355,39 @@ class SemanticAnchorRegularizer(nn.Module):
             (self.initialised & (new_step | ~was_set)).long())
         self._update_due = due & ~update
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load SAR's state as one unit, or none of it.
+
+        ``initialised``, ``iters_since_init``, the anchors and the
+        projector only make sense together. Fine-tuning from a SAR
+        checkpoint into other classes or widths, the runner (strict=False)
+        would skip the anchors for their shapes yet load
+        ``initialised=True``: the pull would then draw features toward
+        zero anchors, and the first open gate would blend E into zeros
+        instead of copying it. So when any of this module's keys is missing
+        from the checkpoint or has another shape, all of the checkpoint's
+        keys under ``prefix`` are removed from ``state_dict`` and a warning
+        names the shapes; the state stays as built. A checkpoint without
+        any of them (a plain model's) changes nothing here.
+
+        torch, mmcv 1.x and mmengine call this before descending into the
+        projector and give the projector its keys from this same dict
+        (torch: from a copy made after this call), so a removed key loads
+        nowhere; strict loading then reports the keys as missing.
+        """
+        given = {k[len(prefix):]: v for k, v in state_dict.items()
+                 if k.startswith(prefix)}
+        if given:
+            problems = unfit_state(self.state_dict(keep_vars=True), given)
+            if problems:
+                for key in given:
+                    del state_dict[prefix + key]
+                warnings.warn(unfit_state_message(prefix, problems),
+                              UserWarning)
+            else:
+                self._last_seen = self._update_due = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _forward_prototype(self, feats, labels, classifier):
         """The prototype ablation; same arguments and keys as forward."""
         with torch.no_grad():
@@ -443,6 +481,47 @@ class SemanticAnchorRegularizer(nn.Module):
             f'and no longer separate the classes. Check the learning '
             f'rate and the anchor CE (sar.anchor_acc); '
             f"anchor_init='etf' or 'orthogonal' starts them apart.")
+
+
+def unfit_state(expected, given):
+    """Why a checkpoint's SAR state cannot load as one unit, if it cannot.
+
+    Args:
+        expected (Mapping[str, Tensor]): the module's own state dict.
+        given (Mapping[str, Tensor]): the checkpoint's entries under the
+            module's prefix, with the same (prefix-free) keys.
+
+    Returns:
+        list[str]: one line per key missing from ``given`` or of another
+        shape there, in state-dict order (the anchors first); empty when
+        the state fits. ``num_batches_tracked`` may be missing (torch fills
+        it in for norm layers saved before it existed).
+    """
+    problems = []
+    for key, value in expected.items():
+        if key not in given:
+            if not key.endswith('num_batches_tracked'):
+                problems.append(f'{key} missing')
+            continue
+        shape = tuple(getattr(given[key], 'shape', ()))
+        if shape != tuple(value.shape):
+            problems.append(f'{key} {shape} in the checkpoint, '
+                            f'{tuple(value.shape)} here')
+    return problems
+
+
+def unfit_state_message(prefix, problems, shown=4):
+    """The warning for a checkpoint whose SAR state does not fit."""
+    listed = '; '.join(problems[:shown])
+    if len(problems) > shown:
+        listed += f'; and {len(problems) - shown} more'
+    return (
+        f"SAR: the checkpoint's SAR state ({prefix or 'the module'}*) does "
+        f'not fit this model: {listed}. None of it is loaded: the anchors, '
+        f'the projector, initialised and iters_since_init stay as built, '
+        f'and SAR starts afresh, as it should when fine-tuning to other '
+        f'classes or feature widths. The rest of the checkpoint loads as '
+        f'usual.')
 
 
 def min_pairwise_distance_ratio(anchors, present):
