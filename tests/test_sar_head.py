@@ -106,6 +106,36 @@ def test_features_are_taken_before_dropout():
     assert 'cls_seg' not in head.head.__dict__  # interception undone
 
 
+def spy_on_sar_labels(head):
+    """Records the labels each call of the head's SAR loss receives."""
+    seen = []
+    head.sar_loss.register_forward_pre_hook(
+        lambda module, args: seen.append(args[1]))
+    return seen
+
+
+def test_labels_are_the_batchs_gt_semantic_seg():
+    # Pixel for pixel: not flipped, cropped, resized or cast on the way
+    # (the 1.x suite's test_labels_are_the_samples_gt_sem_seg).
+    head = sar_head(pull_mode='after_init')
+    head.sar_loss.initialised.fill_(True)
+    head.sar_loss.semantic_anchors.normal_()
+    x, gt = inputs()
+    seen = spy_on_sar_labels(head)
+    head.forward_train(x, [{}] * 2, gt, None)
+    assert len(seen) == 1 and torch.equal(seen[0], gt)
+
+
+def test_segmentor_hands_sar_the_batchs_gt_semantic_seg():
+    _, model = build_pair()
+    img, metas, gt = tiny_batch()
+    seen = spy_on_sar_labels(model.decode_head)
+    model.train()
+    model.train_step(dict(img=img, img_metas=metas, gt_semantic_seg=gt),
+                     None)
+    assert len(seen) == 1 and torch.equal(seen[0], gt)
+
+
 def test_anchor_ce_uses_the_heads_own_classifier():
     head = sar_head()
     x, gt = inputs()
