@@ -7,8 +7,6 @@ process, so that the test can watch every micro-batch. The gate is held
 open (its data conditions still apply): the accounting is under test, not
 the gate's criterion.
 """
-import os.path as osp
-
 import pytest
 import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
@@ -83,7 +81,7 @@ def test_sar_advances_once_per_optimizer_step(tmp_path, shapes_root,
                                               monkeypatch, cumulative_iters):
     force_gate_open(monkeypatch)
     n = cumulative_iters
-    calls = train(tmp_path, osp.join(shapes_root), 2 * n, n)
+    calls = train(tmp_path, shapes_root, 2 * n, n)
     assert len(calls) == 2 * n
     first, second = calls[0], calls[n]
     # The premise: the micro-batches of a step see the same E.
