@@ -372,8 +372,9 @@ class SemanticAnchorRegularizer(nn.Module):
 
         torch, mmcv 1.x and mmengine call this before descending into the
         projector and give the projector its keys from this same dict
-        (torch: from a copy made after this call), so a removed key loads
-        nowhere; strict loading then reports the keys as missing.
+        (mmcv) or from a copy of it taken after this call (torch,
+        mmengine), so a removed key loads nowhere; strict loading then
+        reports the keys as missing.
         """
         given = {k[len(prefix):]: v for k, v in state_dict.items()
                  if k.startswith(prefix)}
