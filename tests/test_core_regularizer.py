@@ -1,7 +1,9 @@
 """SemanticAnchorRegularizer: state, gradient flow, DDP agreement (plain
 torch)."""
 import os
+import re
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -35,6 +37,14 @@ def run_two_ranks(rank_main):
         out_file = os.path.join(tmp, 'out')
         mp.spawn(rank_main, args=(2, init_file, out_file), nprocs=2)
         return [torch.load(f'{out_file}.{r}') for r in range(2)]
+
+
+def optimizer_step(reg):
+    """What an optimizer step does to what the regularizer sees: the
+    projector's weights move, so E does. The regularizer advances its gate,
+    EMA and counter once per such step (spec section 3)."""
+    with torch.no_grad():
+        reg.projector.norm3.bias.add_(0.01)
 
 
 def open_gate(reg):
@@ -81,6 +91,7 @@ def test_gate_open_initialises_then_pulls():
     # use the anchors' batch statistics, so E recomputes identically.
     assert torch.allclose(reg.semantic_anchors, reg.embed_anchors().detach())
     assert out['pull'].item() > 0 and out['iters_since_init'].item() == 0
+    optimizer_step(reg)
     out = reg(feats, labels, oracle)
     assert out['iters_since_init'].item() == 1
 
@@ -128,6 +139,7 @@ def test_state_survives_state_dict_round_trip():
     feats, labels = batch()
     for _ in range(3):
         reg(feats, labels, open_gate(reg))
+        optimizer_step(reg)
     state = reg.state_dict()
     for key in ('init_anchors', 'semantic_anchors', 'initialised',
                 'iters_since_init'):
@@ -165,6 +177,7 @@ def _rank_main(rank, world, init_file, out_file):
             return s * torch.eye(C) + classifier(e) * (1 + rank)
 
         reg(feats, labels, cls)
+        optimizer_step(reg)  # the same on every rank, as DDP's
     gathered = [torch.zeros_like(reg.semantic_anchors) for _ in range(world)]
     dist.all_gather(gathered, reg.semantic_anchors)
     torch.save({'anchors': [g.clone() for g in gathered],
@@ -309,3 +322,238 @@ def test_init_anchors_agree_across_ranks_whatever_the_seeds():
     assert not torch.equal(r0['drawn'], r1['drawn'])  # seeds did differ
     assert torch.equal(r0['after'], r0['drawn'])  # rank 0's draw wins
     assert torch.equal(r1['after'], r0['drawn'])
+
+
+# --- gradient accumulation: one advance per optimizer step -------------------
+
+def accumulate(steps, micro, **kwargs):
+    """Train a regularizer and a linear classifier with SGD, ``micro``
+    micro-batches of backward per optimizer step, as mmengine's
+    ``accumulative_counts`` and mmcv's ``GradientCumulativeOptimizerHook``
+    do. Returns one record per call (micro-batch)."""
+    torch.manual_seed(0)
+    # filter_conf=1: no anchor is filtered, so the anchor CE always has a
+    # gradient; the classifier's boost keeps the gate open.
+    reg = SemanticAnchorRegularizer(C, D, filter_conf=1.0,
+                                    **kwargs).double()
+    linear = nn.Linear(D, C).double()
+    opt = torch.optim.SGD([*reg.parameters(), *linear.parameters()],
+                          lr=0.5)
+    embedded = []
+    reg.projector.register_forward_hook(
+        lambda mod, args, out: embedded.append(out.detach().clone()))
+    records = []
+    for step in range(steps):
+        for k in range(micro):
+            feats, labels = batch(seed=10 * step + k)
+            feats = feats.detach().double().requires_grad_()
+            out = reg(feats, labels, lambda e: linear(e) + 8.0 * torch.eye(
+                C, dtype=torch.float64))
+            before = reg.projector.fc1.weight.grad
+            before = 0 if before is None else before.clone()
+            ((out['pull'] + out['anchor_ce']) / micro).backward()
+            records.append(dict(
+                step=step, E=embedded[-1], S=reg.semantic_anchors.clone(),
+                iters=int(reg.iters_since_init),
+                gate=bool(out['gate_open']), pull=out['pull'].item(),
+                # the pull is the only loss the features enter here
+                feats_grad=float(feats.grad.abs().sum()),
+                projector_grad=float(
+                    (reg.projector.fc1.weight.grad - before).abs().sum()),
+                feats=feats.detach(), labels=labels))
+        opt.step()
+        opt.zero_grad()
+    return reg, records
+
+
+def moved_fraction(before, after, target):
+    """How far S moved toward E in one step: (1 - m) for an EMA step."""
+    return float((after - before).norm() / (target - before).norm())
+
+
+@pytest.mark.parametrize('micro', [1, 4])
+def test_the_ema_advances_once_per_optimizer_step(micro):
+    """Spec section 3: with 4 micro-batches per step, S moves by (1 - m)
+    toward the step's E once per step, as without accumulation (not by
+    1 - m^4), and the counter counts steps."""
+    m = 0.999
+    reg, rec = accumulate(steps=3, micro=micro, ema_momentum=m)
+    assert all(r['gate'] for r in rec)  # precondition: the gate is open
+    firsts = rec[::micro]
+    # The premise: within a step every micro-batch sees the same E, and
+    # the optimizer step moves it.
+    for r in rec:
+        assert torch.equal(r['E'], firsts[r['step']]['E'])
+    assert not torch.equal(firsts[0]['E'], firsts[1]['E'])
+    assert [r['iters'] for r in rec] == [r['step'] for r in rec]
+    torch.testing.assert_close(firsts[0]['S'], firsts[0]['E'], rtol=0,
+                               atol=0)  # the first open gate copies E
+    for step in (1, 2):
+        before = rec[step * micro - 1]['S']
+        first = firsts[step]
+        want = m * before + (1 - m) * first['E']
+        torch.testing.assert_close(first['S'], want, rtol=1e-12, atol=1e-15)
+        assert moved_fraction(before, first['S'], first['E']) == \
+            pytest.approx(1 - m, rel=1e-6)
+        # ... and the step's other micro-batches leave S where the first
+        # put it, and pull toward that S.
+        for r in rec[step * micro:(step + 1) * micro]:
+            assert torch.equal(r['S'], first['S'])
+    # Every micro-batch got its pull and anchor-CE gradients.
+    assert all(r['pull'] > 0 and r['feats_grad'] > 0 for r in rec)
+    assert all(r['projector_grad'] > 0 for r in rec)
+
+
+def test_the_micro_batches_of_a_step_pull_toward_the_steps_anchors():
+    from sar.core import downsample_labels, pull_loss
+    reg, rec = accumulate(steps=2, micro=4)
+    step_anchors = rec[4]['S']  # set by the second step's first call
+    for r in rec[4:]:
+        small = downsample_labels(r['labels'], r['feats'].shape[2:])
+        want = 0.1 * pull_loss(r['feats'], small, step_anchors, 255)
+        assert r['pull'] == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_a_step_whose_first_micro_batch_has_no_label_updates_on_the_next():
+    reg = make()
+    oracle = open_gate(reg)
+    feats, labels = batch()
+    reg(feats, labels, oracle)  # S set at the first step
+    optimizer_step(reg)
+    before = reg.semantic_anchors.clone()
+    out = reg(feats, torch.full_like(labels, 255), oracle)
+    assert out['gate_open'].item() == 0
+    assert torch.equal(reg.semantic_anchors, before)
+    assert reg.iters_since_init.item() == 1  # the step has started
+    out = reg(feats, labels, oracle)  # same step, a labelled micro-batch
+    assert out['gate_open'].item() == 1
+    want = 0.999 * before + 0.001 * reg.embed_anchors().detach()
+    torch.testing.assert_close(reg.semantic_anchors, want)
+    after = reg.semantic_anchors.clone()
+    reg(feats, labels, oracle)  # the update was made: not again
+    assert torch.equal(reg.semantic_anchors, after)
+    assert reg.iters_since_init.item() == 1
+
+
+def test_a_step_that_changes_no_weight_is_no_step():
+    # An AMP step skipped for overflow leaves every weight as it was: the
+    # retried step is the same step.
+    reg = make()
+    oracle = open_gate(reg)
+    feats, labels = batch()
+    reg(feats, labels, oracle)
+    optimizer_step(reg)
+    reg(feats, labels, oracle)
+    state = {k: v.clone() for k, v in reg.state_dict().items()}
+    reg(feats, labels, oracle)
+    assert reg.iters_since_init.item() == 1
+    for key, value in reg.state_dict().items():
+        if 'projector' not in key:  # BN running stats move every call
+            assert torch.equal(value, state[key]), key
+
+
+# --- checkpoints: SAR's state is one unit ------------------------------------
+
+def trained(num_classes=C, channels=D, **kwargs):
+    """A regularizer whose state is far from fresh: S set, counter at 2."""
+    torch.manual_seed(5)
+    reg = SemanticAnchorRegularizer(num_classes, channels, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.rand(2, channels, 4, 4, generator=g)
+    labels = torch.randint(0, num_classes, (2, 8, 8), generator=g)
+
+    def oracle(e):
+        return 50.0 * torch.eye(num_classes) + 0 * e[:, :num_classes]
+
+    for _ in range(3):
+        reg(feats, labels, oracle)
+        optimizer_step(reg)
+    assert reg.initialised and reg.iters_since_init.item() == 2
+    return reg
+
+
+class Model(nn.Module):
+    """A parent module, as a segmentor is: SAR's keys under ``sar.``."""
+
+    def __init__(self, num_classes=C, channels=D, seed=0, **kwargs):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(2, 2, 1)  # fits whatever SAR's shapes
+        self.sar = SemanticAnchorRegularizer(num_classes, channels, **kwargs)
+
+
+@pytest.mark.parametrize('source', [dict(num_classes=C + 2),
+                                    dict(channels=2 * D)],
+                         ids=['other_classes', 'other_width'])
+def test_a_checkpoint_that_does_not_fit_leaves_all_sar_state_fresh(source):
+    src = Model(**source)
+    src.sar = trained(**source, pull_mode='after_init')
+    checkpoint = src.state_dict()
+    model = Model(seed=1, pull_mode='after_init')
+    fresh = {k: v.clone() for k, v in Model(seed=1).state_dict().items()}
+    shape = tuple(checkpoint['sar.init_anchors'].shape)
+    with pytest.warns(UserWarning, match=rf'\(sar\.\*\) does not fit this '
+                      rf'model: init_anchors {re.escape(str(shape))} in the '
+                      rf'checkpoint, \({C}, {D}\) here; semantic_anchors'):
+        result = model.load_state_dict(checkpoint, strict=False)
+    sar_keys = [k for k in fresh if k.startswith('sar.')]
+    assert sorted(result.missing_keys) == sorted(sar_keys)
+    assert not result.unexpected_keys
+    for key in sar_keys:
+        assert torch.equal(model.state_dict()[key], fresh[key]), key
+    assert not model.sar.initialised
+    assert model.sar.iters_since_init.item() == -1
+    assert torch.equal(model.conv.weight, checkpoint['conv.weight'])
+    # after_init pulls nothing before S is set (not toward zeros) ...
+    feats, labels = batch()
+    closed = nn.Linear(D, C)
+    nn.init.zeros_(closed.weight)
+    out = model.sar(feats, labels, closed)
+    assert out['pull'].item() == 0
+    # ... and the first open gate copies E.
+    out = model.sar(feats, labels, open_gate(model.sar))
+    embedded = model.sar.embed_anchors().detach()
+    torch.testing.assert_close(model.sar.semantic_anchors, embedded)
+    assert out['iters_since_init'].item() == 0
+    from sar.core import downsample_labels, pull_loss
+    want = 0.1 * pull_loss(feats, downsample_labels(labels, (4, 4)),
+                           embedded, 255)
+    assert out['pull'].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_a_fitting_checkpoint_loads_whole_strictly_and_silently():
+    checkpoint = trained().state_dict()
+    reg = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        reg.load_state_dict(checkpoint, strict=True)
+    for key, value in checkpoint.items():
+        assert torch.equal(reg.state_dict()[key], value), key
+
+
+def test_a_checkpoint_without_sar_state_changes_nothing_silently():
+    model = Model(seed=1)
+    plain = {k: v for k, v in Model(seed=2).state_dict().items()
+             if not k.startswith('sar.')}
+    before = {k: v.clone() for k, v in model.sar.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        model.load_state_dict(plain, strict=False)
+    assert torch.equal(model.conv.weight, plain['conv.weight'])
+    for key, value in model.sar.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_checkpoint_missing_part_of_the_unit_loads_none_of_it():
+    checkpoint = trained().state_dict()
+    del checkpoint['semantic_anchors']
+    reg = make()
+    before = {k: v.clone() for k, v in reg.state_dict().items()}
+    with pytest.warns(UserWarning, match='semantic_anchors missing'):
+        reg.load_state_dict(checkpoint, strict=False)
+    assert not reg.initialised
+    for key, value in reg.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(RuntimeError, match='Missing key'):  # strict: said
+        with pytest.warns(UserWarning):
+            make().load_state_dict(checkpoint, strict=True)

@@ -106,6 +106,36 @@ def test_features_are_taken_before_dropout():
     assert 'cls_seg' not in head.head.__dict__  # interception undone
 
 
+def spy_on_sar_labels(head):
+    """Records the labels each call of the head's SAR loss receives."""
+    seen = []
+    head.sar_loss.register_forward_pre_hook(
+        lambda module, args: seen.append(args[1]))
+    return seen
+
+
+def test_labels_are_the_batchs_gt_semantic_seg():
+    # Pixel for pixel: not flipped, cropped, resized or cast on the way
+    # (the 1.x suite's test_labels_are_the_samples_gt_sem_seg).
+    head = sar_head(pull_mode='after_init')
+    head.sar_loss.initialised.fill_(True)
+    head.sar_loss.semantic_anchors.normal_()
+    x, gt = inputs()
+    seen = spy_on_sar_labels(head)
+    head.forward_train(x, [{}] * 2, gt, None)
+    assert len(seen) == 1 and torch.equal(seen[0], gt)
+
+
+def test_segmentor_hands_sar_the_batchs_gt_semantic_seg():
+    _, model = build_pair()
+    img, metas, gt = tiny_batch()
+    seen = spy_on_sar_labels(model.decode_head)
+    model.train()
+    model.train_step(dict(img=img, img_metas=metas, gt_semantic_seg=gt),
+                     None)
+    assert len(seen) == 1 and torch.equal(seen[0], gt)
+
+
 def test_anchor_ce_uses_the_heads_own_classifier():
     head = sar_head()
     x, gt = inputs()
@@ -411,6 +441,65 @@ def test_sar_checkpoint_round_trips_and_exports(tmp_path):
     with torch.no_grad():
         assert torch.equal(plain.eval().encode_decode(img, metas),
                            sar_model.eval().encode_decode(img, metas))
+
+
+def force_gate_open(monkeypatch):
+    """Every anchor counts as classified right and confidently: the gate's
+    data conditions (labelled, finite pixels) still apply."""
+    import sar.core.regularizer as regularizer
+    monkeypatch.setattr(regularizer, 'gate_open', lambda logits, *args: (
+        torch.ones((), dtype=torch.bool, device=logits.device)))
+
+
+@pytest.mark.parametrize('change', [dict(num_classes=3), dict(channels=60)],
+                         ids=['other_classes', 'other_width'])
+def test_fine_tuning_from_a_sar_checkpoint_starts_sar_afresh(
+        tmp_path, monkeypatch, change):
+    # mmcv's load_checkpoint (strict=False, as a runner's load_from) skips
+    # the anchors for their shapes; SAR's other state must not load alone.
+    from mmcv.runner import load_checkpoint, save_checkpoint
+    from sar.core import downsample_labels, pull_loss
+    _, source = build_pair()
+    state = source.decode_head.sar_loss
+    state.initialised.fill_(True)
+    state.iters_since_init.fill_(9)
+    state.semantic_anchors.normal_()
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(source, path)
+    cfg = Config.fromfile(DEMO_SAR)
+    cfg.model.decode_head.head.update(change)
+    cfg.model.decode_head.sar_loss.pull_mode = 'after_init'
+
+    def build():
+        torch.manual_seed(3)
+        return revert_sync_batchnorm(build_segmentor(cfg.model))
+
+    model, fresh = build(), build()
+    with pytest.warns(UserWarning, match=r'does not fit this model: '
+                      r'init_anchors \(4, 120\) in the checkpoint, '
+                      rf'\({change.get("num_classes", 4)}, '
+                      rf'{change.get("channels", 120)}\) here'):
+        load_checkpoint(model, path, map_location='cpu')
+    sar = model.decode_head.sar_loss
+    for key, value in fresh.decode_head.sar_loss.state_dict().items():
+        assert torch.equal(sar.state_dict()[key], value), key
+    assert not sar.initialised and sar.iters_since_init.item() == -1
+    for key, value in source.backbone.state_dict().items():  # still loads
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    # The first open gate copies E, and the pull draws toward it.
+    force_gate_open(monkeypatch)
+    feats = []
+    sar.register_forward_pre_hook(lambda m, args: feats.append(args[0]))
+    img, metas, gt = tiny_batch(num_classes=change.get('num_classes', 4))
+    model.train()
+    losses = model.forward_train(img, metas, gt)
+    embedded = sar.embed_anchors().detach()
+    torch.testing.assert_close(sar.semantic_anchors, embedded)
+    small = downsample_labels(gt, feats[0].shape[2:])
+    want = 0.1 * pull_loss(feats[0], small, embedded, 255)
+    assert losses['decode.loss_sar_pull'].item() == pytest.approx(
+        want.item(), rel=1e-5)
+    assert losses['decode.sar.iters_since_init'].item() == 0
 
 
 def test_prototype_ablation_is_a_config_switch():

@@ -18,7 +18,9 @@ def _world():
 def all_gate(gate):
     """True on every rank only if the gate is open on every rank.
 
-    Shape: gate bool () -> bool ().
+    Elementwise, so that several flags agree in one collective.
+
+    Shape: gate bool (any) -> bool (same).
     """
     if not _world():
         return gate

@@ -91,6 +91,16 @@ class SemanticAnchorRegularizer(nn.Module):
             anchors (``sar.anchor_max_cos``) stays above this ...
         collapse_patience (int): ... for this many training steps.
 
+    One call is one micro-batch; the gate, the EMA and the counter advance
+    once per optimizer step (see :meth:`_new_step`): under gradient
+    accumulation the micro-batches of a step see the same embedded anchors,
+    the first of them updates S, and all of them pull toward that S.
+
+    The state (anchors, projector, ``initialised``, ``iters_since_init``)
+    loads from a checkpoint as one unit: if its shapes do not fit this
+    model (fine-tuning to other classes or widths), none of it loads, and a
+    warning says so (see :meth:`_load_from_state_dict`).
+
     Bad input: labels outside ``[0, C)`` that are not ``ignore_index`` raise
     a ValueError naming them. A batch with no labelled pixel, or with
     non-finite features or anchors, changes no state (gate reported closed,
@@ -157,6 +167,12 @@ class SemanticAnchorRegularizer(nn.Module):
         self._collapse_longest = None
         self._steps = 0
         self._collapse_warned = False
+        # What the last training call saw of the weights (E and the anchors'
+        # logits), and whether the current optimizer step's EMA update is
+        # still to be made; see _new_step and _advance. Not buffers: after a
+        # load, the next call starts a step.
+        self._last_seen = None
+        self._update_due = None
         if anchor_source == 'prototype':
             self.register_buffer('class_seen',
                                  torch.zeros(num_classes, dtype=torch.bool))
@@ -251,12 +267,15 @@ class SemanticAnchorRegularizer(nn.Module):
                       & torch.isfinite(logits).all()
                       & torch.isfinite(feats).all())
             gate = gate_open(logits, ce, self.update_conf) & labelled & finite
-            gate = sar_dist.all_gate(gate)
             if self.training:
-                ema_update(self.semantic_anchors, embedded.detach(),
-                           self.initialised, gate, self.ema_momentum)
-                sar_dist.mean_across_ranks(self.semantic_anchors)
-                self.iters_since_init.add_(self.initialised.long())
+                # One collective for both flags, so every rank agrees on
+                # both.
+                new_step = self._new_step(embedded, logits)
+                gate, new_step = sar_dist.all_gate(
+                    torch.stack([gate, new_step])).unbind()
+                self._advance(embedded, gate, new_step)
+            else:
+                gate = sar_dist.all_gate(gate)
             pulling = gate if self.pull_mode == 'gate' else self.initialised
             targets = torch.arange(self.num_classes, device=logits.device)
             acc = (logits.argmax(dim=1) == targets).float().mean()
@@ -278,6 +297,97 @@ class SemanticAnchorRegularizer(nn.Module):
             iters_since_init=self.iters_since_init.float(),
             anchor_max_cos=max_cos,
             nonfinite=(~finite).float())
+
+    def _new_step(self, embedded, logits):
+        """Whether the optimizer stepped since the last training call.
+
+        E and the anchors' logits depend only on the projector's and the
+        classifier's weights (in training the projector's norms take the
+        statistics of the C anchors, not of the data), so they are bitwise
+        the same for every micro-batch of an accumulated step and move when
+        the optimizer steps. Watching them needs no word from the training
+        loop (mmengine's ``accumulative_counts``, mmcv's
+        ``GradientCumulativeOptimizerHook``, a hand-written loop or none)
+        and no host synchronisation. A step that changes no weight (an AMP
+        step skipped for overflow) is no step. The first call of a process,
+        and the first after a load, start one.
+
+        Shape:
+            embedded (C, D), logits (C, C) -> bool ().
+        """
+        seen = (embedded.detach(), logits.detach())
+        last, self._last_seen = self._last_seen, tuple(t.clone()
+                                                       for t in seen)
+        if last is None or any(
+                (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device)
+                for a, b in zip(seen, last)):
+            return torch.ones((), dtype=torch.bool, device=embedded.device)
+        return torch.stack([(a != b).any() for a, b in zip(seen, last)]).any()
+
+    def _advance(self, embedded, gate, new_step):
+        """Gate, EMA and counter, once per optimizer step, in place.
+
+        The step's EMA update is made by its first call with an open gate
+        (its first micro-batch, unless that one had no labelled or finite
+        pixel), so every later micro-batch of the step pulls toward the S
+        that holds this step's E, as one big batch would. The counter moves
+        when a step starts, and when S is first set. Without accumulation
+        every call starts a step, and this is the plain per-iteration
+        update.
+
+        Args:
+            embedded (Tensor): E.
+            gate (Tensor): bool (), the agreed gate.
+            new_step (Tensor): bool (), the agreed :meth:`_new_step`.
+
+        Shape:
+            embedded (C, D).
+        """
+        due = self._update_due
+        due = new_step if due is None or due.device != new_step.device \
+            else due | new_step
+        update = gate & due
+        was_set = self.initialised.clone()
+        ema_update(self.semantic_anchors, embedded.detach(),
+                   self.initialised, update, self.ema_momentum)
+        sar_dist.mean_across_ranks(self.semantic_anchors)
+        self.iters_since_init.add_(
+            (self.initialised & (new_step | ~was_set)).long())
+        self._update_due = due & ~update
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load SAR's state as one unit, or none of it.
+
+        ``initialised``, ``iters_since_init``, the anchors and the
+        projector only make sense together. Fine-tuning from a SAR
+        checkpoint into other classes or widths, the runner (strict=False)
+        would skip the anchors for their shapes yet load
+        ``initialised=True``: the pull would then draw features toward
+        zero anchors, and the first open gate would blend E into zeros
+        instead of copying it. So when any of this module's keys is missing
+        from the checkpoint or has another shape, all of the checkpoint's
+        keys under ``prefix`` are removed from ``state_dict`` and a warning
+        names the shapes; the state stays as built. A checkpoint without
+        any of them (a plain model's) changes nothing here.
+
+        torch, mmcv 1.x and mmengine call this before descending into the
+        projector and give the projector its keys from this same dict
+        (mmcv) or from a copy of it taken after this call (torch,
+        mmengine), so a removed key loads nowhere; strict loading then
+        reports the keys as missing.
+        """
+        given = {k[len(prefix):]: v for k, v in state_dict.items()
+                 if k.startswith(prefix)}
+        if given:
+            problems = unfit_state(self.state_dict(keep_vars=True), given)
+            if problems:
+                for key in given:
+                    del state_dict[prefix + key]
+                warnings.warn(unfit_state_message(prefix, problems),
+                              UserWarning)
+            else:
+                self._last_seen = self._update_due = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _forward_prototype(self, feats, labels, classifier):
         """The prototype ablation; same arguments and keys as forward."""
@@ -372,6 +482,47 @@ class SemanticAnchorRegularizer(nn.Module):
             f'and no longer separate the classes. Check the learning '
             f'rate and the anchor CE (sar.anchor_acc); '
             f"anchor_init='etf' or 'orthogonal' starts them apart.")
+
+
+def unfit_state(expected, given):
+    """Why a checkpoint's SAR state cannot load as one unit, if it cannot.
+
+    Args:
+        expected (Mapping[str, Tensor]): the module's own state dict.
+        given (Mapping[str, Tensor]): the checkpoint's entries under the
+            module's prefix, with the same (prefix-free) keys.
+
+    Returns:
+        list[str]: one line per key missing from ``given`` or of another
+        shape there, in state-dict order (the anchors first); empty when
+        the state fits. ``num_batches_tracked`` may be missing (torch fills
+        it in for norm layers saved before it existed).
+    """
+    problems = []
+    for key, value in expected.items():
+        if key not in given:
+            if not key.endswith('num_batches_tracked'):
+                problems.append(f'{key} missing')
+            continue
+        shape = tuple(getattr(given[key], 'shape', ()))
+        if shape != tuple(value.shape):
+            problems.append(f'{key} {shape} in the checkpoint, '
+                            f'{tuple(value.shape)} here')
+    return problems
+
+
+def unfit_state_message(prefix, problems, shown=4):
+    """The warning for a checkpoint whose SAR state does not fit."""
+    listed = '; '.join(problems[:shown])
+    if len(problems) > shown:
+        listed += f'; and {len(problems) - shown} more'
+    return (
+        f"SAR: the checkpoint's SAR state ({prefix or 'the module'}*) does "
+        f'not fit this model: {listed}. None of it is loaded: the anchors, '
+        f'the projector, initialised and iters_since_init stay as built, '
+        f'and SAR starts afresh, as it should when fine-tuning to other '
+        f'classes or feature widths. The rest of the checkpoint loads as '
+        f'usual.')
 
 
 def min_pairwise_distance_ratio(anchors, present):

@@ -3,6 +3,7 @@ SAR model with only SAR's state fresh, and a converted checkpoint of the
 authors' release loads strictly into the paper's 1.x SAR config."""
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import MessageHub
@@ -106,3 +107,88 @@ def test_plain_checkpoint_without_classifier_loads_the_rest_of_the_head():
     for key, value in stripped.items():
         ours = key.replace('decode_head.', 'decode_head.head.', 1)
         assert torch.equal(sar.state_dict()[ours], value), key
+
+
+def force_gate_open(monkeypatch):
+    """Every anchor counts as classified right and confidently: the gate's
+    data conditions (labelled, finite pixels) still apply."""
+    import sar.core.regularizer as regularizer
+    monkeypatch.setattr(regularizer, 'gate_open', lambda logits, *args: (
+        torch.ones((), dtype=torch.bool, device=logits.device)))
+
+
+@pytest.mark.parametrize('change', [dict(num_classes=4), dict(channels=16)],
+                         ids=['other_classes', 'other_width'])
+def test_fine_tuning_from_a_sar_checkpoint_starts_sar_afresh(
+        tmp_path, monkeypatch, change):
+    # mmengine's load_checkpoint (strict=False, as the runner's load_from)
+    # skips the anchors for their shapes; SAR's other state must not load
+    # alone.
+    from sar.core import downsample_labels, pull_loss
+    torch.manual_seed(0)
+    source = MODELS.build(segmentor_cfg())
+    state = source.decode_head.sar_loss
+    state.initialised.fill_(True)
+    state.iters_since_init.fill_(9)
+    state.semantic_anchors.normal_()
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(dict(meta=dict(iter=9), state_dict=source.state_dict()),
+                    path)
+    head = dict(type='FCNHead', in_channels=64, channels=8, num_convs=1,
+                num_classes=3, dropout_ratio=0.1, norm_cfg=dict(type='BN'))
+    head.update(change)
+    cfg = segmentor_cfg(decode_head=head)
+    cfg.decode_head.sar_loss = dict(type='SemanticAnchorLoss',
+                                    pull_mode='after_init')
+
+    def build():
+        torch.manual_seed(3)
+        return MODELS.build(cfg)
+
+    model, fresh = build(), build()
+    C, D = change.get('num_classes', 3), change.get('channels', 8)
+    with pytest.warns(UserWarning, match=r'does not fit this model: '
+                      r'init_anchors \(3, 8\) in the checkpoint, '
+                      rf'\({C}, {D}\) here'):
+        load_checkpoint(model, path, map_location='cpu', strict=False)
+    sar = model.decode_head.sar_loss
+    for key, value in fresh.decode_head.sar_loss.state_dict().items():
+        assert torch.equal(sar.state_dict()[key], value), key
+    assert not sar.initialised and sar.iters_since_init.item() == -1
+    for key, value in source.backbone.state_dict().items():  # still loads
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    # The first open gate copies E, and the pull draws toward it.
+    force_gate_open(monkeypatch)
+    feats = []
+    sar.register_forward_pre_hook(lambda m, args: feats.append(args[0]))
+    imgs, batch = image_batch(num_classes=C)
+    model.train()
+    losses = model.loss(imgs, batch)
+    embedded = sar.embed_anchors().detach()
+    torch.testing.assert_close(sar.semantic_anchors, embedded)
+    labels = torch.stack([s.gt_sem_seg.data for s in batch])
+    want = 0.1 * pull_loss(feats[0], downsample_labels(
+        labels, feats[0].shape[2:]), embedded, 255)
+    assert losses['decode.loss_sar_pull'].item() == pytest.approx(
+        want.item(), rel=1e-5)
+    assert losses['decode.sar.iters_since_init'].item() == 0
+
+
+def test_resuming_a_fitting_sar_checkpoint_loads_it_whole_and_silently(
+        tmp_path):
+    import warnings
+    torch.manual_seed(0)
+    source = MODELS.build(segmentor_cfg())
+    source.decode_head.sar_loss.initialised.fill_(True)
+    source.decode_head.sar_loss.iters_since_init.fill_(9)
+    source.decode_head.sar_loss.semantic_anchors.normal_()
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(dict(meta=dict(iter=9), state_dict=source.state_dict()),
+                    path)
+    torch.manual_seed(1)
+    model = MODELS.build(segmentor_cfg())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)
+        load_checkpoint(model, path, map_location='cpu', strict=True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
