@@ -58,8 +58,8 @@ def _replay(reference):
     return trace
 
 
-def close(a, b):
-    return torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-7)
+def close(a, b, atol=1e-7):
+    return torch.allclose(a.double(), b.double(), rtol=1e-5, atol=atol)
 
 
 def test_the_reference_exercises_both_gate_states(reference):
@@ -78,10 +78,17 @@ def test_losses_and_diagnostics_equal_the_0x_glue(reference, replay):
 
 
 def test_gradients_equal_the_0x_glue(reference, replay):
+    # Gradients that are zero in exact arithmetic (a bias that a batch norm
+    # follows) come out as float rounding at the scale of the step's
+    # gradients, and the rounding differs between CPUs (measured: 3e-7 on
+    # both sides, opposite signs, where the step's largest is 2.3). The
+    # absolute tolerance follows that scale: 1e-6 of the largest.
     for i, (want, got) in enumerate(zip(reference['steps'], replay)):
         assert set(got['grads']) == set(want['grads']), i
+        scale = max(float(v.abs().max()) for v in want['grads'].values())
         for key, value in want['grads'].items():
-            assert close(got['grads'][key], value), (i, key)
+            assert close(got['grads'][key], value, atol=1e-6 * scale), \
+                (i, key)
 
 
 def test_gate_ema_and_counter_equal_the_0x_glue(reference, replay):
