@@ -7,6 +7,7 @@ from mmcv.utils import Config
 from mmseg.models import build_head, build_loss, build_segmentor
 from mmseg.models.builder import HEADS, LOSSES
 
+from accumulation import force_gate_open
 from conftest import DEMO_BASELINE, DEMO_SAR, tiny_batch
 from sar.checkpoints import sar_to_plain_state_dict
 
@@ -441,14 +442,6 @@ def test_sar_checkpoint_round_trips_and_exports(tmp_path):
     with torch.no_grad():
         assert torch.equal(plain.eval().encode_decode(img, metas),
                            sar_model.eval().encode_decode(img, metas))
-
-
-def force_gate_open(monkeypatch):
-    """Every anchor counts as classified right and confidently: the gate's
-    data conditions (labelled, finite pixels) still apply."""
-    import sar.core.regularizer as regularizer
-    monkeypatch.setattr(regularizer, 'gate_open', lambda logits, *args: (
-        torch.ones((), dtype=torch.bool, device=logits.device)))
 
 
 @pytest.mark.parametrize('change', [dict(num_classes=3), dict(channels=60)],

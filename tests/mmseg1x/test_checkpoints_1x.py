@@ -11,6 +11,7 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import load_checkpoint, save_checkpoint
 from mmseg.registry import MODELS
 
+from accumulation import force_gate_open
 from helpers1x import ROOT, image_batch, segmentor_cfg
 from release_state import release_from_plain
 from sar.checkpoints import official_to_sar_state_dict
@@ -107,14 +108,6 @@ def test_plain_checkpoint_without_classifier_loads_the_rest_of_the_head():
     for key, value in stripped.items():
         ours = key.replace('decode_head.', 'decode_head.head.', 1)
         assert torch.equal(sar.state_dict()[ours], value), key
-
-
-def force_gate_open(monkeypatch):
-    """Every anchor counts as classified right and confidently: the gate's
-    data conditions (labelled, finite pixels) still apply."""
-    import sar.core.regularizer as regularizer
-    monkeypatch.setattr(regularizer, 'gate_open', lambda logits, *args: (
-        torch.ones((), dtype=torch.bool, device=logits.device)))
 
 
 @pytest.mark.parametrize('change', [dict(num_classes=4), dict(channels=16)],
