@@ -29,7 +29,11 @@ def free_port():
 
 
 def run(args, **env):
-    full_env = dict(os.environ, PYTHONPATH=PLUGINS, PYTHON=PY,
+    # tests/plugins for test-only hooks; this checkout before any installed
+    # sar (an editable install of another clone would answer the tools).
+    path = os.pathsep.join(p for p in (PLUGINS, ROOT,
+                                       os.environ.get('PYTHONPATH')) if p)
+    full_env = dict(os.environ, PYTHONPATH=path, PYTHON=PY,
                     OMP_NUM_THREADS='1', **env)
     proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=600)

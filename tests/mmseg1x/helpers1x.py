@@ -98,9 +98,13 @@ def free_port():
 def run(args, timeout=600, expect=0, **env):
     """Run a command as a user does (one OpenMP thread), return its output.
 
-    ``tests/plugins`` is on the path for test-only hooks.
+    ``tests/plugins`` is on the path for test-only hooks, and this checkout
+    before any installed ``sar`` (an editable install of another clone
+    would otherwise answer mmseg's tools' ``import sar``).
     """
-    full_env = dict(os.environ, PYTHONPATH=PLUGINS, OMP_NUM_THREADS='1',
+    path = os.pathsep.join(p for p in (PLUGINS, ROOT,
+                                       os.environ.get('PYTHONPATH')) if p)
+    full_env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS='1',
                     **env)
     proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
