@@ -219,6 +219,38 @@ def write_config(path, root, iters, sar=True, batch=2, flip=0.5, size=32,
     return str(path)
 
 
+def tiny_model(size=32):
+    """The tiny HRNet FCN of :func:`write_config` without SAR, as a dict."""
+    model = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models',
+                                     'fcn_hrtiny.py')).model.to_dict()
+    model['data_preprocessor'] = dict(
+        type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+        seg_pad_val=255, size=(size, size))
+    return model
+
+
+def write_twin_run_config(path, twin, root, iters):
+    """A user's short run of a baseline twin config: the twin's runtime,
+    schedule type, imports and hooks, with :func:`tiny_model` and the
+    shapes data at ``root`` in place of its model and data, ``iters``
+    iterations, validated and saved at the end; returns its path."""
+    data = SHAPES.format(root=root, batch=2, flip=0.5)
+    for loader in ('train_dataloader', 'val_dataloader'):
+        data = data.replace(f'{loader} = dict(',
+                            f'{loader} = dict(_delete_=True,')
+    model = dict(tiny_model(), _delete_=True)
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{twin!r}]\nmodel = {model!r}\n' + data + f"""
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0,
+                        end={iters}, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={iters}))
+""")
+    return str(path)
+
+
 def read_json_lines(path):
     import json
     with open(path) as f:
