@@ -185,7 +185,8 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    logger=dict(type='LoggerHook', interval={log_interval},
+                log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False,
                     interval={checkpoint}),
@@ -195,22 +196,28 @@ default_hooks = dict(
 
 def write_config(path, root, iters, sar=True, batch=2, flip=0.5, size=32,
                  checkpoint=None, diff_rank_seed=False, imports=(),
-                 hooks=()):
+                 hooks=(), log_interval=1, import_sar=None):
     """A 1.x config of the tiny HRNet FCN (SAR-wrapped or not) on the
     shapes data at ``root``; returns its path.
 
     Args:
         imports: plugin modules (tests/plugins) to import besides sar.
         hooks: ``custom_hooks`` entries.
+        import_sar (bool, optional): whether custom_imports names sar;
+            by default for a SAR model or when ``imports`` are given.
     """
     text = (HRTINY.format(base=osp.join(ROOT, 'configs', '_base_',
                                         'models', 'fcn_hrtiny.py'),
                           size=size, decode_head=SAR_HEAD if sar else '')
             + SHAPES.format(root=root, batch=batch, flip=flip)
             + RUNTIME.format(iters=iters, checkpoint=checkpoint or iters,
-                             diff_rank_seed=diff_rank_seed))
-    if sar or imports:
-        text += (f'custom_imports = dict(imports={["sar", *imports]!r}, '
+                             diff_rank_seed=diff_rank_seed,
+                             log_interval=log_interval))
+    if import_sar is None:
+        import_sar = bool(sar or imports)
+    modules = (['sar'] if import_sar else []) + list(imports)
+    if modules:
+        text += (f'custom_imports = dict(imports={modules!r}, '
                  'allow_failed_imports=False)\n')
     if hooks:
         text += f'custom_hooks = {list(hooks)!r}\n'
