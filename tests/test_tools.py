@@ -257,6 +257,17 @@ def test_export_plain_gives_identical_logits(tmp_path, shapes_root,
                               plain_ckpt], cwd=ROOT, capture_output=True,
                              text=True)
     assert refused.returncode != 0 and '--force' in refused.stderr
+    # The config the checkpoint carries (mmcv: meta['config']) is the
+    # twin's: building from it needs no sar.
+    assert "meta['config']: the config, SARHead unwrapped" in out
+    text = torch.load(plain_ckpt, weights_only=False)['meta']['config']
+    (tmp_path / 'exported.py').write_text(text)
+    exported = Config.fromfile(str(tmp_path / 'exported.py'),
+                               import_custom_modules=False)
+    assert exported.custom_imports['imports'] == ['sar_rank_probe']
+    (tmp_path / 'twin.py').write_text(
+        Config.fromfile(DEMO_BASELINE).pretty_text)
+    assert exported.model == Config.fromfile(str(tmp_path / 'twin.py')).model
 
     from mmcv.runner import load_checkpoint
     from mmcv.cnn.utils import revert_sync_batchnorm

@@ -191,6 +191,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False,
                     interval={checkpoint}),
     sampler_seed=dict(type='DistSamplerSeedHook'))
+visualizer = dict(type='SegLocalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')],
+                  name='visualizer')
 '''
 
 
