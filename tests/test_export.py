@@ -300,3 +300,97 @@ def test_read_checkpoint_refuses_arbitrary_objects(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match='argparse.Namespace'):
         read_checkpoint(str(path))
     assert read_checkpoint(str(path), trust=True)['meta']['args'].lr == 0.01
+
+
+SAR_CONFIG_TEXT = '''crop_size = (512, 1024)
+custom_imports = dict(allow_failed_imports=False, imports=[
+    'sar',
+])
+model = dict(
+    type='EncoderDecoder',
+    decode_head=dict(
+        type='SARHead',
+        head=dict(
+            type='FCNHead',
+            num_classes=19,
+            norm_cfg=dict(type='SyncBN', requires_grad=True)),
+        sar_loss=dict(type='SemanticAnchorLoss', pull_weight=0.1)),
+    test_cfg=dict(mode='whole'))
+sar_loss = dict(type='SemanticAnchorLoss', pull_weight=0.1)
+work_dir = './work_dirs/sar_fcn'
+'''
+PLAIN_CONFIG_TEXT = '''crop_size = (512, 1024)
+model = dict(
+    type='EncoderDecoder',
+    decode_head=dict(
+            type='FCNHead',
+            num_classes=19,
+            norm_cfg=dict(type='SyncBN', requires_grad=True)),
+    test_cfg=dict(mode='whole'))
+work_dir = './work_dirs/sar_fcn'
+'''
+
+
+def test_sar_config_text_becomes_the_twins():
+    from sar.checkpoints import sar_to_plain_config_text
+    assert sar_to_plain_config_text(SAR_CONFIG_TEXT) == PLAIN_CONFIG_TEXT
+
+
+def test_cascade_config_text_and_other_imports_are_kept():
+    import ast
+
+    from sar.checkpoints import sar_to_plain_config_text
+    # the last head of a cascade, a {...} literal, two more imports
+    text = """custom_imports = dict(imports=['sar', 'sar.extra', 'mine'])
+model = dict(
+    type='CascadeEncoderDecoder',
+    decode_head=[dict(type='FCNHead'), {
+        'type': 'SARHead',
+        'head': dict(type='OCRHead', num_classes=19),
+        'sar_loss': dict(type='SemanticAnchorLoss')}])
+work_dir = 'w'
+"""
+    plain = sar_to_plain_config_text(text)
+    module = ast.parse(plain)
+    names = [s.targets[0].id for s in module.body]
+    assert names == ['custom_imports', 'model', 'work_dir']
+    assert "imports=['mine']" in plain
+    assert "decode_head=[dict(type='FCNHead'), dict(type='OCRHead', " \
+        "num_classes=19)])" in plain
+
+
+@pytest.mark.parametrize('text,message', [
+    ("model = dict(type='EncoderDecoder', decode_head=dict(type='FCNHead'))",
+     'no model.decode_head of type SARHead'),
+    ('model = dict(', 'not Python'),
+    (SAR_CONFIG_TEXT + "auxiliary_head = dict(type='SARHead')\n",
+     r"still names \['SARHead'\]"),
+])
+def test_config_text_that_cannot_become_plain_is_refused(text, message):
+    from sar.checkpoints import sar_to_plain_config_text
+    with pytest.raises(ValueError, match=message):
+        sar_to_plain_config_text(text)
+
+
+def test_export_plain_writes_the_twins_config_or_none(tmp_path):
+    t = torch.arange(4.0)
+    state = OrderedDict([('decode_head.head.conv_seg.weight', t),
+                         ('decode_head.sar_loss.init_anchors', t)])
+    for name, meta in (('mmengine', dict(cfg=SAR_CONFIG_TEXT)),
+                       ('mmcv', dict(config=SAR_CONFIG_TEXT)),
+                       ('odd', dict(cfg='model = dict(', config=None))):
+        src, out = tmp_path / f'{name}.pth', tmp_path / f'{name}_plain.pth'
+        torch.save(dict(state_dict=state, meta=meta), src)
+        run = subprocess.run([sys.executable, 'tools/export_plain.py',
+                              str(src), str(out)], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        got = torch.load(out, weights_only=True)['meta']
+        if name == 'odd':  # dropped, never kept naming SAR
+            assert 'cfg' not in got and got['config'] is None
+            assert "meta['cfg'] dropped" in run.stdout
+        else:
+            key, = set(meta)
+            assert got[key] == PLAIN_CONFIG_TEXT
+            assert f"meta['{key}']: the config, SARHead unwrapped" in \
+                run.stdout

@@ -10,6 +10,7 @@ import os.path as osp
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,11 @@ def free_port():
 
 
 def run(args, **env):
-    full_env = dict(os.environ, PYTHONPATH=PLUGINS, PYTHON=PY,
+    # tests/plugins for test-only hooks; this checkout before any installed
+    # sar (an editable install of another clone would answer the tools).
+    path = os.pathsep.join(p for p in (PLUGINS, ROOT,
+                                       os.environ.get('PYTHONPATH')) if p)
+    full_env = dict(os.environ, PYTHONPATH=path, PYTHON=PY,
                     OMP_NUM_THREADS='1', **env)
     proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=600)
@@ -252,6 +257,17 @@ def test_export_plain_gives_identical_logits(tmp_path, shapes_root,
                               plain_ckpt], cwd=ROOT, capture_output=True,
                              text=True)
     assert refused.returncode != 0 and '--force' in refused.stderr
+    # The config the checkpoint carries (mmcv: meta['config']) is the
+    # twin's: building from it needs no sar.
+    assert "meta['config']: the config, SARHead unwrapped" in out
+    text = torch.load(plain_ckpt, weights_only=False)['meta']['config']
+    (tmp_path / 'exported.py').write_text(text)
+    exported = Config.fromfile(str(tmp_path / 'exported.py'),
+                               import_custom_modules=False)
+    assert exported.custom_imports['imports'] == ['sar_rank_probe']
+    (tmp_path / 'twin.py').write_text(
+        Config.fromfile(DEMO_BASELINE).pretty_text)
+    assert exported.model == Config.fromfile(str(tmp_path / 'twin.py')).model
 
     from mmcv.runner import load_checkpoint
     from mmcv.cnn.utils import revert_sync_batchnorm
@@ -279,6 +295,83 @@ def test_export_plain_gives_identical_logits(tmp_path, shapes_root,
         with open(f) as fh:
             metrics.append(json.load(fh)['metric'])
     assert metrics[0] == metrics[1] == metrics[2]
+
+
+# The baseline twins, as a user compares them with SAR: this project's
+# tools/train.py, tools/test.py on its checkpoint, and --resume-from. Each
+# keeps its runtime and schedule; the tiny HRNet FCN and the shapes data
+# stand in for its model and data.
+TWINS = sorted(osp.relpath(p, ROOT) for p in glob.glob(
+    osp.join(ROOT, 'configs', 'baseline', '*.py')) + glob.glob(
+        osp.join(ROOT, 'configs', 'demo', 'fcn_*.py')))
+# What a twin's short run takes from the twin (the rest is the test's).
+RUN_SETTINGS = ('optimizer', 'optimizer_config', 'lr_config', 'runner',
+                'checkpoint_config', 'evaluation', 'log_config',
+                'dist_params', 'log_level', 'load_from', 'resume_from',
+                'workflow', 'cudnn_benchmark', 'custom_imports',
+                'custom_hooks', 'fp16', 'seed')
+
+
+def write_twin_config(path, twin, data_root, iters):
+    model = Config.fromfile(osp.join(
+        ROOT, 'configs', '_base_', 'models', 'fcn_hrtiny.py')).model.to_dict()
+    data = Config.fromfile(osp.join(
+        ROOT, 'configs', '_base_', 'datasets', 'shapes.py')).data.to_dict()
+    for split in (data['train']['dataset'], data['val'], data['test']):
+        split['data_root'] = data_root
+    data['train']['times'] = 1
+    data.update(samples_per_gpu=2, _delete_=True)
+    path.write_text(f"""_base_ = r'{osp.join(ROOT, twin)}'
+model = {dict(model, _delete_=True)!r}
+data = {data!r}
+runner = dict(type='IterBasedRunner', max_iters={iters}, _delete_=True)
+checkpoint_config = dict(by_epoch=False, interval={iters})
+evaluation = dict(interval={iters}, metric='mIoU', pre_eval=True)
+log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook',
+                                          by_epoch=False)])
+""")
+    return str(path)
+
+
+def twin_runs():
+    """The twins grouped by the settings their short runs take from them:
+    one run per group tries every way of training that the twins have."""
+    import tempfile
+    groups = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for twin in TWINS:
+            cfg = Config.fromfile(write_twin_config(
+                Path(tmp, 'twin.py'), twin, 'data', iters=2))
+            key = repr({k: cfg.get(k) for k in RUN_SETTINGS})
+            groups.setdefault(key, []).append(twin)
+    return list(groups.values())
+
+
+TWIN_RUNS = twin_runs()
+
+
+def test_twin_runs_cover_every_twin():
+    assert sorted(t for group in TWIN_RUNS for t in group) == TWINS
+    assert len(TWINS) == 12 and len(TWIN_RUNS) < len(TWINS)
+
+
+@pytest.mark.parametrize('twins', TWIN_RUNS,
+                         ids=[osp.basename(g[0]) for g in TWIN_RUNS])
+def test_twin_trains_tests_and_resumes(tmp_path, shapes_root, twins):
+    cfg = write_twin_config(tmp_path / 'twin.py', twins[0], shapes_root,
+                            iters=2)
+    work = str(tmp_path / 'work')
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0'])
+    eval_dir = str(tmp_path / 'eval')
+    out = run([PY, 'tools/test.py', cfg, osp.join(work, 'iter_2.pth'),
+               '--eval', 'mIoU', '--work-dir', eval_dir])
+    assert '| background |' in out
+    assert glob.glob(osp.join(eval_dir, 'eval_*.json'))
+    run([PY, 'tools/train.py', cfg, '--work-dir', work, '--seed', '0',
+         '--resume-from', osp.join(work, 'iter_2.pth'), '--cfg-options',
+         'runner.max_iters=3'])
+    ckpt = torch.load(osp.join(work, 'iter_3.pth'), weights_only=False)
+    assert ckpt['meta']['iters_done'] == 3
 
 
 def test_slurm_scripts_pass_arguments_through(tmp_path):

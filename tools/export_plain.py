@@ -5,7 +5,11 @@
 The anchor branch (``sar_loss.*``) is dropped and the wrapped head's
 parameters move up one level, so the result loads into the baseline twin
 config with stock mmseg and no plugin, and gives the same logits. The
-optimizer state is dropped (a deployment checkpoint); ``meta`` is kept.
+optimizer state and the logs are dropped (a deployment checkpoint);
+``meta`` is kept, but for the run's config text (mmengine's ``cfg``, mmcv's
+``config``), which is rewritten as the twin's: SARHead unwrapped, ``sar``
+out of ``custom_imports`` (mmengine's inferencers build the model from it
+when given weights only, where ``sar`` may not be installed).
 """
 import _venv  # first: re-runs under .venv if needed
 import argparse
@@ -15,7 +19,11 @@ import sys
 
 _venv.import_sar_torch_only()
 from sar.checkpoints import (  # noqa: E402
-    sar_to_plain_state_dict, read_checkpoint, save_new_checkpoint)
+    read_checkpoint, sar_to_plain_config_text, sar_to_plain_state_dict,
+    save_new_checkpoint)
+
+# Where mmengine (mmseg 1.x) and mmcv 1.x (mmseg 0.x) keep the config text.
+CONFIG_KEYS = ('cfg', 'config')
 
 
 def parse_args():
@@ -43,6 +51,7 @@ def main():
         sys.exit(f'export_plain: {args.checkpoint}: {err}')
     meta = dict(ckpt.get('meta', {}))
     meta['exported_from_sar'] = osp.basename(args.checkpoint)
+    notes = plain_config_in(meta)
     try:
         save_new_checkpoint(dict(meta=meta, state_dict=plain), args.out,
                             args.checkpoint, args.force)
@@ -51,6 +60,30 @@ def main():
     dropped = len(state) - len(plain)
     print(f'wrote {args.out}: {len(plain)} tensors ({dropped} SAR entries '
           'dropped)')
+    for note in notes:
+        print(note)
+
+
+def plain_config_in(meta):
+    """Rewrite the config texts of ``meta`` as the twin's, in place.
+
+    A text that cannot be rewritten is dropped rather than kept: kept, it
+    would make stock mmseg build the SAR model (and import ``sar``) from a
+    plain checkpoint. Returns what was done, for the user.
+    """
+    notes = []
+    for key in CONFIG_KEYS:
+        if not isinstance(meta.get(key), str):
+            continue
+        try:
+            meta[key] = sar_to_plain_config_text(meta[key])
+            notes.append(f"meta['{key}']: the config, SARHead unwrapped and "
+                         'without sar in custom_imports')
+        except ValueError as err:
+            del meta[key]
+            notes.append(f"meta['{key}'] dropped ({err}): give mmseg the "
+                         "baseline twin's config with the exported weights")
+    return notes
 
 
 if __name__ == '__main__':

@@ -3,7 +3,8 @@
 Takes SAR checkpoints and plain ones. Runs on GPUs as mmseg does, on CPU in
 one process, and on CPU in N gloo processes via ``tools/dist_test.sh``.
 """
-import _venv  # noqa: F401  (first: re-runs under .venv if needed)
+import _venv  # noqa: F401  (first: re-runs under .venv if needed; under
+#               mmseg 1.x, stops and names mmseg's own tools)
 import argparse
 import os
 import os.path as osp

@@ -3,7 +3,8 @@
 Runs on GPUs (single or distributed, as mmseg), on CPU in one process, and
 on CPU in N gloo processes (``tools/dist_train.sh CONFIG N`` without GPUs).
 """
-import _venv  # noqa: F401  (first: re-runs under .venv if needed)
+import _venv  # noqa: F401  (first: re-runs under .venv if needed; under
+#               mmseg 1.x, stops and names mmseg's own tools)
 import argparse
 import copy
 import os.path as osp

@@ -18,6 +18,9 @@ from .safe_load import load_weights_only
 
 _HEAD = re.compile(r'^(decode_head(?:\.\d+)?)\.head\.(.+)$')
 _SAR = re.compile(r'^decode_head(?:\.\d+)?\.sar_loss\.')
+# The same, for module names (torch's state-dict ``_metadata``).
+_HEAD_MODULE = re.compile(r'^(decode_head(?:\.\d+)?)\.head(\..+)?$')
+_SAR_MODULE = re.compile(r'^decode_head(?:\.\d+)?\.sar_loss(\..+)?$')
 
 
 def is_sar_state_dict(state_dict):
@@ -32,7 +35,9 @@ def sar_to_plain_state_dict(state_dict):
         state_dict (Mapping[str, Tensor]): a SAR segmentor's state dict.
 
     Returns:
-        OrderedDict: the plain segmentor's state dict (same tensors).
+        OrderedDict: the plain segmentor's state dict (same tensors); the
+        module versions torch keeps in ``_metadata``, if any, moved along
+        (the wrapped head's replace the wrapper's).
     """
     if not is_sar_state_dict(state_dict):
         raise ValueError('not a SAR state dict: no decode_head[.i].sar_loss.* '
@@ -43,6 +48,15 @@ def sar_to_plain_state_dict(state_dict):
             continue
         match = _HEAD.match(key)
         plain[f'{match[1]}.{match[2]}' if match else key] = value
+    metadata = getattr(state_dict, '_metadata', None)
+    if metadata is not None:
+        plain._metadata = OrderedDict()
+        for name, value in metadata.items():
+            if _SAR_MODULE.match(name):
+                continue
+            match = _HEAD_MODULE.match(name)
+            plain._metadata[match[1] + (match[2] or '') if match else
+                            name] = value
     return plain
 
 

@@ -3,12 +3,14 @@
 mmengine 0.10 predates torch 2.6 and assumes a CUDA device for distributed
 training. Each shim below names the change it answers; each is idempotent
 and is exercised by the suite's real runs (tests/mmseg1x/test_runner.py:
-two CPU ranks, resume, tools/test.py on the runner's checkpoints) and
-tests/mmseg1x/test_compat_1x.py. Nothing here changes behaviour where the
-original code already works (a CUDA device present, torch < 2.6). They act
-on mmengine itself, so they serve every config whose ``custom_imports``
-imports ``sar``, run by mmseg's own ``tools/train.py`` and
-``tools/test.py``.
+two CPU ranks, resume, tools/test.py on the runner's checkpoints, the
+baseline twins) and tests/mmseg1x/test_compat_1x.py. Shims 1-3 change
+nothing where the original code already works (a CUDA device present,
+torch < 2.6); shim 4 acts only on SAR checkpoints loaded into models
+without SAR, shim 5 only on SAR's own log keys. They act on mmengine
+itself, so they serve every config whose ``custom_imports`` imports
+``sar`` (the SAR configs and their baseline twins), run by mmseg's own
+``tools/train.py`` and ``tools/test.py``.
 """
 import functools
 import pickle
@@ -39,6 +41,16 @@ def check_versions():
     if bad:
         raise ImportError('sar: unsupported ' + ', '.join(bad) + '. ' +
                           INSTALL_HINT)
+    try:
+        # mmseg 1.x imports mmcv.ops itself (mmseg.utils), which needs the
+        # compiled extension mmcv._ext.
+        from mmcv.ops import nms  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f'sar: mmcv {mmcv.__version__} is installed without its compiled '
+            f'ops ({err}), which mmseg 1.x imports (mmcv.ops); mmcv-lite '
+            'and an mmcv built with MMCV_WITH_OPS=0 will not do. ' +
+            INSTALL_HINT) from err
 
 
 def _no_accelerator():
@@ -148,28 +160,34 @@ def wrap_cpu_model(model, model_wrapper_cfg, cfg):
 # class, numpy's array/scalar reconstructors and a getattr limited to the
 # record's public methods (sar.checkpoints.safe_load, torch only), and keep
 # the weights-only loader for everything else.
+# What a pickled HistoryBuffer's state may hold: its __init__'s attributes
+# and the statistics table its __getstate__ adds. Anything else would land
+# in the instance __dict__ (HistoryBuffer.__setstate__ updates it with the
+# whole state), where a '_statistics_methods' entry shadows the class table
+# and 'statistics' or 'mean' could shadow the methods themselves.
+HISTORY_BUFFER_STATE = ('max_length', '_log_history', '_count_history',
+                        'statistics_methods')
+
+
 @functools.lru_cache(maxsize=None)
 def checked_history_buffer():
     """mmengine's ``HistoryBuffer`` as a checkpoint may rebuild it.
 
     Its ``__setstate__`` merges the pickled statistics methods into the
-    table that every buffer of the process reads; a checkpoint could bind
-    'mean' to another method. This subclass, registered under mmengine's
-    name for the weights-only loader, accepts only HistoryBuffer's own
-    statistics under their own names.
+    table that every buffer of the process reads, and sets every other
+    entry of the state on the instance; a checkpoint could bind 'mean' to
+    another method either way. This subclass, registered under mmengine's
+    name for the weights-only loader, accepts the attributes of
+    :data:`HISTORY_BUFFER_STATE` only (an int length, numpy histories) and
+    HistoryBuffer's own statistics under their own names.
     """
+    import numpy as np
     from mmengine.logging import HistoryBuffer
 
     class CheckedHistoryBuffer(HistoryBuffer):
 
         def __setstate__(self, state):
-            known = HistoryBuffer._statistics_methods
-            for name, method in state.get('statistics_methods', {}).items():
-                if method is not known.get(name, getattr(HistoryBuffer, name,
-                                                         None)):
-                    raise pickle.UnpicklingError(
-                        f'checkpoint binds the logging statistic {name!r} '
-                        f'to {method!r}, which is not HistoryBuffer.{name}')
+            check_history_buffer_state(state, HistoryBuffer, np.ndarray)
             # Checked: from here on a plain HistoryBuffer, which the next
             # checkpoint pickles under mmengine's name again.
             self.__class__ = HistoryBuffer
@@ -178,8 +196,179 @@ def checked_history_buffer():
     return CheckedHistoryBuffer
 
 
+def check_history_buffer_state(state, history_buffer, array_type):
+    """Refuse a pickled ``HistoryBuffer`` state that sets more than data.
+
+    Args:
+        state (dict): the unpickled state.
+        history_buffer (type): mmengine's ``HistoryBuffer``.
+        array_type (type): ``numpy.ndarray``, the histories' type.
+
+    Raises:
+        pickle.UnpicklingError: an attribute outside
+            :data:`HISTORY_BUFFER_STATE`, a value of the wrong type, or a
+            statistic bound to anything but HistoryBuffer's own method.
+    """
+    def refuse(what):
+        raise pickle.UnpicklingError(
+            f'checkpoint holds a logging record (mmengine HistoryBuffer) '
+            f'that {what}; only its data (max_length, _log_history, '
+            '_count_history) and its own statistics methods are accepted. '
+            'Load only checkpoints you trust with weights_only=False.')
+
+    if not isinstance(state, dict):
+        refuse(f'has a state of type {type(state).__name__}')
+    extra = sorted(str(k) for k in state if k not in HISTORY_BUFFER_STATE)
+    if extra:
+        refuse(f'sets the attributes {extra}')
+    if not isinstance(state.get('max_length', 0), int):
+        refuse(f"sets max_length to {state['max_length']!r}")
+    for name in ('_log_history', '_count_history'):
+        if name in state and not isinstance(state[name], array_type):
+            refuse(f'sets {name} to a {type(state[name]).__name__}')
+    methods = state.get('statistics_methods', {})
+    if not isinstance(methods, dict):
+        refuse(f'sets statistics_methods to a {type(methods).__name__}')
+    known = history_buffer._statistics_methods
+    for name, method in methods.items():
+        if method is not known.get(name, getattr(history_buffer, str(name),
+                                                 None)):
+            refuse(f'binds the logging statistic {name!r} to {method!r}, '
+                   f'which is not HistoryBuffer.{name}')
+
+
 def _allow_mmengine_checkpoints():
     allow_records_in_checkpoints(checked_history_buffer())
+
+
+# --------------------------------------------------------------------------
+# Shim 4: a SAR checkpoint loaded into its baseline twin.
+# mmengine loads state dicts non-strictly (mmseg's tools/test.py, load_from,
+# mmseg.apis.init_model, the inferencers); a SAR checkpoint keeps the decode
+# head under decode_head.head., so the twin's head stayed random with only
+# a missing/unexpected-key warning: wrong results. For a model without
+# SARHead, a SAR state dict is mapped to the plain layout as it is loaded
+# (what tools/export_plain.py writes), as the 0.x tools do. The twins in
+# configs/mmseg1x/baseline import sar for this; a config that does not
+# cannot be helped here: export the checkpoint first.
+def _patch_load_state_dict():
+    from mmengine.runner import checkpoint
+    original = checkpoint.load_state_dict
+    if getattr(original, '_sar_patched', False):
+        return
+
+    @functools.wraps(original)
+    def load_state_dict(module, state_dict, strict=False, logger=None):
+        return original(module, plain_state_dict_for(module, state_dict),
+                        strict, logger)
+
+    load_state_dict._sar_patched = True
+    checkpoint.load_state_dict = load_state_dict
+
+
+def plain_state_dict_for(module, state_dict):
+    """``state_dict`` as ``module`` can load it: a SAR segmentor's state
+    dict in the plain layout when ``module`` has no SARHead, otherwise
+    unchanged (SARHead takes both layouts itself).
+
+    Args:
+        module (nn.Module): the model being loaded, possibly wrapped.
+        state_dict (dict): what is loaded into it.
+    """
+    from mmengine.model import is_model_wrapper
+
+    from ..checkpoints.convert import (is_sar_state_dict,
+                                       sar_to_plain_state_dict)
+    from .sar_head import SARHead
+    model = module.module if is_model_wrapper(module) else module
+    if not is_sar_state_dict(state_dict) or any(
+            isinstance(m, SARHead) for m in model.modules()):
+        return state_dict
+    warnings.warn(
+        'sar: loading a SAR checkpoint into a model without SARHead: the '
+        'anchor branch is dropped and the decode head taken from '
+        "decode_head.head (as tools/export_plain.py does; export it so for "
+        'stock mmseg without sar)')
+    return sar_to_plain_state_dict(state_dict)
+
+
+# --------------------------------------------------------------------------
+# Shim 5: SAR's diagnostics as interval means in the training log.
+# mmengine's LogProcessor averages (over window_size, 10 by default) only
+# the keys its mean_pattern matches (loss, time, grad_norm) and logs the
+# last iteration's value of every other key. sar.gate_open logged every 50
+# iterations read 0.0 when the gate had been open in 40 of them, and the
+# demo's report (sar.evaluation.report.gate_summary, which reads interval
+# means, as mmseg 0.x's logger writes) said it never opened. The averaged
+# diagnostics below are logged as the mean over the iterations since the
+# previous log line (LoggerHook logs every `interval` iterations and at the
+# end of each pass over the data), unless the config's
+# log_processor.custom_cfg names them itself. sar.iters_since_init, a
+# counter, keeps its current value.
+AVERAGED_DIAGNOSTICS = ('sar.anchor_acc', 'sar.gate_open',
+                        'sar.anchor_max_cos', 'sar.nonfinite')
+
+
+def _patch_log_processor():
+    from mmengine.runner import LogProcessor
+    original = LogProcessor.get_log_after_iter
+    if getattr(original, '_sar_patched', False):
+        return
+
+    @functools.wraps(original)
+    def get_log_after_iter(self, runner, batch_idx, mode):
+        extra = diagnostics_log_cfg(self, runner, batch_idx) \
+            if mode == 'train' else []
+        if not extra:
+            return original(self, runner, batch_idx, mode)
+        configured = self.custom_cfg
+        self.custom_cfg = configured + extra
+        try:
+            return original(self, runner, batch_idx, mode)
+        finally:
+            self.custom_cfg = configured
+
+    get_log_after_iter._sar_patched = True
+    LogProcessor.get_log_after_iter = get_log_after_iter
+
+
+def diagnostics_log_cfg(log_processor, runner, batch_idx):
+    """``custom_cfg`` entries averaging SAR's diagnostics over the
+    iterations since the previous training log line; called once per line.
+
+    Args:
+        log_processor (LogProcessor): the runner's; it keeps the iteration
+            of its last training line.
+        runner (Runner): the runner (``iter``: iterations done before the
+            one logged; its LoggerHook's ``interval`` gives the first
+            window of a process, ``window_size`` without one).
+        batch_idx (int): the iteration being logged, as LoggerHook passes
+            it (the iteration, or the batch within the epoch).
+
+    Returns:
+        list[dict]: one ``mean`` entry per diagnostic key in the message
+        hub that ``custom_cfg`` does not name already.
+    """
+    from mmengine.hooks import LoggerHook
+    logged = runner.iter + 1
+    previous = getattr(log_processor, '_sar_logged_iter', None)
+    log_processor._sar_logged_iter = logged
+    if previous is not None and previous < logged:
+        window = logged - previous
+    else:  # the first line of this process (a resumed run's too)
+        interval = next((h.interval for h in getattr(runner, 'hooks', [])
+                         if isinstance(h, LoggerHook)),
+                        log_processor.window_size)
+        if not isinstance(interval, int) or interval < 1:
+            return []
+        window = batch_idx % interval + 1
+    configured = {c.get('data_src') for c in log_processor.custom_cfg}
+    keys = [k[len('train/'):] for k in runner.message_hub.log_scalars
+            if k.startswith('train/')]
+    return [dict(data_src=k, method_name='mean', window_size=window)
+            for k in keys if k not in configured and any(
+                k == name or k.endswith('.' + name)
+                for name in AVERAGED_DIAGNOSTICS)]
 
 
 def apply():
@@ -187,3 +376,5 @@ def apply():
     _patch_init_dist()
     _patch_wrap_model()
     _allow_mmengine_checkpoints()
+    _patch_load_state_dict()
+    _patch_log_processor()

@@ -33,6 +33,49 @@ def stack_labels(batch_data_samples):
     return torch.stack([s.gt_sem_seg.data for s in batch_data_samples])
 
 
+def check_padded_labels(labels, batch_data_samples, num_classes,
+                        ignore_index):
+    """Refuse labels that only the data preprocessor's padding made bad.
+
+    ``SegDataPreProcessor`` pads every label map to the batch size with its
+    ``seg_pad_val`` (255 by default). With a head whose ``ignore_index`` is
+    another value, the padding is neither a class nor ignored; the generic
+    check would blame the annotations. This names ``seg_pad_val``.
+
+    Args:
+        labels (Tensor): the stacked labels.
+        batch_data_samples (list[SegDataSample]): their samples, whose
+            ``padding_size`` (left, right, top, bottom) the preprocessor
+            set.
+
+    Shape:
+        labels (B, 1, H, W) long.
+    """
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if not bool(bad.any()):
+        return
+    padded = torch.zeros_like(bad)
+    for mask, sample in zip(padded, batch_data_samples):
+        left, right, top, bottom = sample.metainfo.get('padding_size',
+                                                       (0, 0, 0, 0))
+        height, width = mask.shape[-2:]
+        # An empty slice where a side has no padding (height - 0: etc.).
+        mask[..., :top, :] = True
+        mask[..., height - bottom:, :] = True
+        mask[..., :, :left] = True
+        mask[..., :, width - right:] = True
+    values = torch.unique(labels[bad & padded]).tolist()
+    if values:
+        shown = ', '.join(str(v) for v in values[:10])
+        raise ValueError(
+            f'SAR: the batch padding holds label(s) {shown}, neither a class '
+            f'in [0, {num_classes - 1}] nor the head\'s ignore_index '
+            f'{ignore_index}: SegDataPreProcessor pads label maps with its '
+            f'seg_pad_val. Set model.data_preprocessor.seg_pad_val='
+            f"{ignore_index} (the head's ignore_index), or the head's "
+            f'ignore_index to the seg_pad_val')
+
+
 @MODELS.register_module()
 class SARHead(wrapping.HeadWrapperMixin, BaseModule):
     """Decode-head wrapper adding the SAR losses in training only.
@@ -73,5 +116,8 @@ class SARHead(wrapping.HeadWrapperMixin, BaseModule):
         """
         samples = wrapping.bound_argument(self.head.loss,
                                           'batch_data_samples', args, kwargs)
+        labels = stack_labels(samples)
+        check_padded_labels(labels, samples, self.sar_loss.num_classes,
+                            self.sar_loss.ignore_index)
         return self._losses_with_sar(
-            stack_labels(samples), lambda: self.head.loss(*args, **kwargs))
+            labels, lambda: self.head.loss(*args, **kwargs))

@@ -98,9 +98,13 @@ def free_port():
 def run(args, timeout=600, expect=0, **env):
     """Run a command as a user does (one OpenMP thread), return its output.
 
-    ``tests/plugins`` is on the path for test-only hooks.
+    ``tests/plugins`` is on the path for test-only hooks, and this checkout
+    before any installed ``sar`` (an editable install of another clone
+    would otherwise answer mmseg's tools' ``import sar``).
     """
-    full_env = dict(os.environ, PYTHONPATH=PLUGINS, OMP_NUM_THREADS='1',
+    path = os.pathsep.join(p for p in (PLUGINS, ROOT,
+                                       os.environ.get('PYTHONPATH')) if p)
+    full_env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS='1',
                     **env)
     proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
@@ -181,37 +185,79 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    logger=dict(type='LoggerHook', interval={log_interval},
+                log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False,
                     interval={checkpoint}),
     sampler_seed=dict(type='DistSamplerSeedHook'))
+visualizer = dict(type='SegLocalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')],
+                  name='visualizer')
 '''
 
 
 def write_config(path, root, iters, sar=True, batch=2, flip=0.5, size=32,
                  checkpoint=None, diff_rank_seed=False, imports=(),
-                 hooks=()):
+                 hooks=(), log_interval=1, import_sar=None):
     """A 1.x config of the tiny HRNet FCN (SAR-wrapped or not) on the
     shapes data at ``root``; returns its path.
 
     Args:
         imports: plugin modules (tests/plugins) to import besides sar.
         hooks: ``custom_hooks`` entries.
+        import_sar (bool, optional): whether custom_imports names sar;
+            by default for a SAR model or when ``imports`` are given.
     """
     text = (HRTINY.format(base=osp.join(ROOT, 'configs', '_base_',
                                         'models', 'fcn_hrtiny.py'),
                           size=size, decode_head=SAR_HEAD if sar else '')
             + SHAPES.format(root=root, batch=batch, flip=flip)
             + RUNTIME.format(iters=iters, checkpoint=checkpoint or iters,
-                             diff_rank_seed=diff_rank_seed))
-    if sar or imports:
-        text += (f'custom_imports = dict(imports={["sar", *imports]!r}, '
+                             diff_rank_seed=diff_rank_seed,
+                             log_interval=log_interval))
+    if import_sar is None:
+        import_sar = bool(sar or imports)
+    modules = (['sar'] if import_sar else []) + list(imports)
+    if modules:
+        text += (f'custom_imports = dict(imports={modules!r}, '
                  'allow_failed_imports=False)\n')
     if hooks:
         text += f'custom_hooks = {list(hooks)!r}\n'
     with open(path, 'w') as f:
         f.write(text)
+    return str(path)
+
+
+def tiny_model(size=32):
+    """The tiny HRNet FCN of :func:`write_config` without SAR, as a dict."""
+    model = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models',
+                                     'fcn_hrtiny.py')).model.to_dict()
+    model['data_preprocessor'] = dict(
+        type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0,
+        seg_pad_val=255, size=(size, size))
+    return model
+
+
+def write_twin_run_config(path, twin, root, iters):
+    """A user's short run of a baseline twin config: the twin's runtime,
+    schedule type, imports and hooks, with :func:`tiny_model` and the
+    shapes data at ``root`` in place of its model and data, ``iters``
+    iterations, validated and saved at the end; returns its path."""
+    data = SHAPES.format(root=root, batch=2, flip=0.5)
+    for loader in ('train_dataloader', 'val_dataloader'):
+        data = data.replace(f'{loader} = dict(',
+                            f'{loader} = dict(_delete_=True,')
+    model = dict(tiny_model(), _delete_=True)
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{twin!r}]\nmodel = {model!r}\n' + data + f"""
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0,
+                        end={iters}, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={iters}))
+""")
     return str(path)
 
 

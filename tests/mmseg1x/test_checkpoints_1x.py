@@ -1,6 +1,7 @@
 """Checkpoints under mmseg 1.x: a plain mmengine checkpoint loads into the
-SAR model with only SAR's state fresh, and a converted checkpoint of the
-authors' release loads strictly into the paper's 1.x SAR config."""
+SAR model with only SAR's state fresh, a SAR checkpoint loads fully into the
+baseline twin, and a converted checkpoint of the authors' release loads
+strictly into the paper's 1.x SAR config."""
 import os.path as osp
 
 import pytest
@@ -185,3 +186,49 @@ def test_resuming_a_fitting_sar_checkpoint_loads_it_whole_and_silently(
         load_checkpoint(model, path, map_location='cpu', strict=True)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def randomized(model):
+    """``model`` with every float parameter and buffer drawn anew, so that
+    a weight nobody loaded differs from a loaded one."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if 'running_var' in name:
+                value.uniform_(0.5, 1.5)
+            elif value.is_floating_point():
+                value.uniform_(-0.1, 0.1)
+    return model
+
+
+def test_sar_checkpoint_loads_fully_into_the_baseline_twin(tmp_path):
+    # mmengine loads non-strictly (tools/test.py, load_from, init_model):
+    # the twin's decode head stayed random, with only a key warning.
+    torch.manual_seed(0)
+    sar = randomized(MODELS.build(segmentor_cfg())).eval()
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(dict(meta=dict(iter=4), state_dict=sar.state_dict()),
+                    path)
+    torch.manual_seed(1)
+    twin = MODELS.build(segmentor_cfg(sar=False)).eval()
+    with pytest.warns(UserWarning, match='tools/export_plain.py'):
+        load_checkpoint(twin, path, map_location='cpu')
+    for key, value in twin.state_dict().items():
+        ours = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(sar.state_dict()[ours], value), key
+    imgs, batch = image_batch(B=1, size=32)
+    with torch.no_grad():
+        assert torch.equal(sar.predict(imgs, batch)[0].seg_logits.data,
+                           twin.predict(imgs, batch)[0].seg_logits.data)
+    # strictly too: nothing of SAR's is left over
+    load_checkpoint(twin, path, map_location='cpu', strict=True)
+
+
+def test_sar_models_still_load_sar_checkpoints_as_they_are(tmp_path):
+    torch.manual_seed(0)
+    sar = randomized(MODELS.build(segmentor_cfg()))
+    path = str(tmp_path / 'sar.pth')
+    save_checkpoint(dict(state_dict=sar.state_dict()), path)
+    again = MODELS.build(segmentor_cfg())
+    load_checkpoint(again, path, map_location='cpu', strict=True)
+    for key, value in sar.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key

@@ -1,5 +1,6 @@
 """The 1.x glue's checkpoint shim: mmengine's message-hub records load
-weights-only, and a record cannot rebind mmengine's logging statistics."""
+weights-only, and a record cannot rebind mmengine's logging statistics,
+neither through its statistics table nor through other attributes."""
 import pickle
 
 import pytest
@@ -37,3 +38,120 @@ def test_a_record_cannot_rebind_a_statistic(tmp_path, monkeypatch):
     with pytest.raises(pickle.UnpicklingError, match="'mean'"):
         torch.load(path, weights_only=True)
     assert HistoryBuffer._statistics_methods['mean'] is HistoryBuffer.mean
+
+
+def save_forged_record(path, monkeypatch, **extra):
+    """A record whose pickled state carries ``extra`` entries besides its
+    data and the (true) statistics table: what a forged checkpoint holds."""
+    record = HistoryBuffer()
+    for value in (1.0, 9.0, 2.0):
+        record.update(value)
+
+    def forged_state(self):
+        return dict(self.__dict__,
+                    statistics_methods=dict(HistoryBuffer._statistics_methods),
+                    **extra)
+
+    with monkeypatch.context() as m:
+        m.setattr(HistoryBuffer, '__getstate__', forged_state)
+        torch.save(dict(message_hub=dict(log_scalars={'loss': record})),
+                   path)
+    assert record.statistics('mean') == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize('extra,named', [
+    # An instance table shadows the class's: statistics('mean') read max
+    # (9.0 where the mean is 4.0) before the state's keys were checked.
+    (dict(_statistics_methods={'mean': HistoryBuffer.max}),
+     '_statistics_methods'),
+    (dict(mean=HistoryBuffer.max), 'mean'),
+])
+def test_a_record_cannot_shadow_the_statistics_through_other_attributes(
+        tmp_path, monkeypatch, extra, named):
+    path = str(tmp_path / 'forged.pth')
+    save_forged_record(path, monkeypatch, **extra)
+    with pytest.raises(pickle.UnpicklingError, match=f"'{named}'"):
+        torch.load(path, weights_only=True)
+    assert HistoryBuffer._statistics_methods['mean'] is HistoryBuffer.mean
+
+
+def test_a_record_with_data_of_the_wrong_type_is_refused(tmp_path):
+    path = str(tmp_path / 'forged.pth')
+    record = HistoryBuffer()
+    record.update(1.0)
+    record.max_length = 'all'
+    torch.save(dict(message_hub=dict(log_scalars={'loss': record})), path)
+    with pytest.raises(pickle.UnpicklingError, match="sets max_length to 'all'"):
+        torch.load(path, weights_only=True)
+
+
+def logged_after(values, interval, **log_processor):
+    """What mmengine's LogProcessor logs for ``values`` of SAR's gate, one
+    per training iteration, at the last of them, with a LoggerHook of
+    ``interval``: (the logged dict, the demo report's gate summary)."""
+    from types import SimpleNamespace
+
+    from mmengine.hooks import LoggerHook
+    from mmengine.logging import MessageHub
+    from mmengine.runner import LogProcessor
+
+    from sar.evaluation.report import gate_summary
+    hub = MessageHub.get_instance(f'gate_log_{len(values)}_{interval}')
+    for i, value in enumerate(values):
+        hub.update_scalars({'train/decode.sar.gate_open': value,
+                            'train/decode.sar.iters_since_init': i,
+                            'train/decode.loss_sar_pull': 0.5})
+    runner = SimpleNamespace(
+        message_hub=hub, iter=len(values) - 1, max_iters=len(values),
+        _train_loop=object(), hooks=[LoggerHook(interval=interval)])
+    processor = LogProcessor(by_epoch=False, **log_processor)
+    tag, _ = processor.get_log_after_iter(runner, len(values) - 1, 'train')
+    return tag, gate_summary([dict(tag, mode='train')])
+
+
+def test_the_gate_is_logged_as_its_interval_mean():
+    # Observed: open in iterations 1-40 of 50, logged every 50 (the demo's
+    # interval): mmengine logged the last value, 0.0, and the demo said
+    # "the anchor gate never opened".
+    tag, gate = logged_after([1.0] * 40 + [0.0] * 10, interval=50)
+    assert tag['decode.sar.gate_open'] == pytest.approx(0.8)
+    assert tag['decode.sar.iters_since_init'] == 49  # a counter: current
+    assert gate['first_open_iter'] == 50
+    assert gate['open_fraction'] == pytest.approx(0.8)
+
+
+def test_a_configured_statistic_of_the_gate_is_kept():
+    custom = [dict(data_src='decode.sar.gate_open', method_name='max',
+                   window_size=50)]
+    tag, _ = logged_after([0.0] * 10 + [1.0] * 5 + [0.0] * 35, interval=50,
+                          custom_cfg=custom)
+    assert tag['decode.sar.gate_open'] == 1.0
+
+
+MMCV_WITHOUT_OPS = """
+import importlib.abc
+import sys
+
+
+class NoOps(importlib.abc.MetaPathFinder):
+    # mmcv 2.x built without its ops (MMCV_WITH_OPS=0), or mmcv-lite.
+    def find_spec(self, name, path=None, target=None):
+        if name == 'mmcv._ext':
+            raise ModuleNotFoundError("No module named 'mmcv._ext'",
+                                      name=name)
+
+
+sys.meta_path.insert(0, NoOps())
+import sar
+"""
+
+
+def test_import_sar_names_the_fix_for_an_mmcv_without_ops():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, '-c', MMCV_WITHOUT_OPS],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert 'without its compiled ops' in last, proc.stderr[-3000:]
+    assert 'make install-mmseg1' in last

@@ -117,3 +117,41 @@ def test_a_head_that_never_classifies_in_training_is_named():
     x, labels = inputs()
     with pytest.raises(RuntimeError, match='FCNHead never called cls_seg'):
         head.loss(x, samples(labels), None)
+
+
+def test_labels_of_the_batch_padding_name_seg_pad_val():
+    # SegDataPreProcessor pads label maps with its seg_pad_val (255); a
+    # head ignoring another value got the annotations blamed.
+    head = sar_head(fcn_cfg(ignore_index=100))
+    preprocessor = MODELS.build(dict(
+        type='SegDataPreProcessor', mean=[0, 0, 0], std=[1, 1, 1],
+        size=(36, 36)))
+    x, _ = inputs()
+    labels = torch.randint(0, C, (2, 1, 32, 32),
+                           generator=torch.Generator().manual_seed(0))
+    batch = preprocessor(dict(inputs=[torch.zeros(3, 32, 32)] * 2,
+                              data_samples=samples(labels)), training=True)
+    with pytest.raises(ValueError, match=r'padding holds label\(s\) 255, '
+                       r'neither a class.*seg_pad_val=100'):
+        head.loss(x, batch['data_samples'], None)
+    # The fix the message names.
+    preprocessor = MODELS.build(dict(
+        type='SegDataPreProcessor', mean=[0, 0, 0], std=[1, 1, 1],
+        size=(36, 36), seg_pad_val=100))
+    batch = preprocessor(dict(inputs=[torch.zeros(3, 32, 32)] * 2,
+                              data_samples=samples(labels)), training=True)
+    assert 'loss_sar_pull' in head.loss(x, batch['data_samples'], None)
+
+
+def test_bad_labels_inside_the_image_still_blame_the_annotations():
+    head = sar_head(fcn_cfg(ignore_index=100))
+    preprocessor = MODELS.build(dict(
+        type='SegDataPreProcessor', mean=[0, 0, 0], std=[1, 1, 1],
+        size=(36, 36), seg_pad_val=100))
+    x, _ = inputs()
+    labels = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    labels[0, 0, 3, 3] = 255
+    batch = preprocessor(dict(inputs=[torch.zeros(3, 32, 32)] * 2,
+                              data_samples=samples(labels)), training=True)
+    with pytest.raises(ValueError, match='Fix the annotations'):
+        head.loss(x, batch['data_samples'], None)

@@ -83,7 +83,8 @@ def test_export_plain_loads_into_stock_mmseg_with_identical_results(
     assert {'optimizer', 'message_hub', 'param_schedulers'} <= set(source)
     assert set(exported) == {'meta', 'state_dict'}
     for key, value in source['meta'].items():
-        assert exported['meta'][key] == value, key
+        if key != 'cfg':  # the config: the twin's (see the next test)
+            assert exported['meta'][key] == value, key
     # The baseline twin: no custom_imports, so mmseg without sar.
     base_cfg = write_config(tmp_path / 'plain.py', root, iters=4, sar=False)
     assert 'custom_imports' not in Config.fromfile(base_cfg)
@@ -91,6 +92,15 @@ def test_export_plain_loads_into_stock_mmseg_with_identical_results(
          str(tmp_path / 'plain')])
     run([PY, TEST, cfg, sar_ckpt, '--work-dir', str(tmp_path / 'sar')])
     assert saved_metrics(tmp_path / 'plain') == saved_metrics(tmp_path / 'sar')
+    # A twin that imports sar, as configs/mmseg1x/baseline do, given the SAR
+    # checkpoint itself: the glue maps it as it loads (without, the decode
+    # head stayed random, with only a missing/unexpected-key warning).
+    twin_cfg = write_config(tmp_path / 'twin.py', root, iters=4, sar=False,
+                            import_sar=True)
+    out = run([PY, TEST, twin_cfg, sar_ckpt, '--work-dir',
+               str(tmp_path / 'twin')])
+    assert saved_metrics(tmp_path / 'twin') == saved_metrics(tmp_path / 'sar')
+    assert 'tools/export_plain.py' in out  # the glue says what it did
     # And the logits, in this process.
     logits = []
     for config, path in ((cfg, sar_ckpt), (base_cfg, plain_ckpt)):
@@ -102,6 +112,68 @@ def test_export_plain_loads_into_stock_mmseg_with_identical_results(
             logits.append(model.eval().predict(imgs, batch)[0]
                           .seg_logits.data)
     assert torch.equal(logits[0], logits[1])
+
+
+# mmseg's inferencer given weights only, where sar is not installed: it
+# builds the model from the checkpoint's meta['cfg'].
+INFER_WITHOUT_SAR = """
+import sys
+sys.modules['sar'] = None  # `import sar` fails, as without the plugin
+import numpy as np
+import torch
+from mmseg.apis import MMSegInferencer
+inferencer = MMSegInferencer(model=None, weights=sys.argv[1], device='cpu')
+state = torch.load(sys.argv[1], weights_only=True)['state_dict']
+model = inferencer.model.state_dict()
+assert set(model) == set(state), set(model) ^ set(state)
+assert all(torch.equal(model[k], v) for k, v in state.items())
+out = inferencer(np.zeros((32, 32, 3), np.uint8), return_datasamples=True)
+print(type(inferencer.model.decode_head).__name__,
+      tuple(out.pred_sem_seg.shape))
+"""
+
+
+def test_exported_checkpoint_builds_in_mmseg_without_sar(tmp_path, trained):
+    _, _, sar_ckpt, _ = trained
+    plain_ckpt = str(tmp_path / 'plain.pth')
+    notes = run([PY, 'tools/export_plain.py', sar_ckpt, plain_ckpt])
+    out = run([PY, '-c', INFER_WITHOUT_SAR, plain_ckpt])
+    assert 'FCNHead (32, 32)' in out
+    assert "meta['cfg']: the config, SARHead unwrapped" in notes
+    meta = torch.load(plain_ckpt, weights_only=True)['meta']
+    assert 'SARHead' not in meta['cfg'] and "'sar'" not in meta['cfg']
+
+
+def test_sar_diagnostics_are_logged_as_means_since_the_last_line(tmp_path):
+    # mmengine logs the last iteration's value of a key that is not a loss
+    # (the gate's 0.0 after it had been open 40 of 50 iterations). With 8
+    # images in batches of 2 and a log interval of 11, mmengine writes a
+    # line at the end of the first pass over the data (4) and at 11: the
+    # second covers iterations 5-11.
+    from sar.data import make_shapes_dataset
+    from sar.mmseg1x.runs import train_log
+    root = make_shapes_dataset(str(tmp_path / 'shapes'), num_train=8,
+                               num_val=1, size=32)
+    cfg = write_config(tmp_path / 'sar.py', root, iters=12, log_interval=11,
+                       **PROBE)
+    work = str(tmp_path / 'work')
+    run([PY, TRAIN, cfg, '--work-dir', work])
+    values = torch.load(osp.join(work, 'rank0.pth'),
+                        weights_only=False)['diagnostics']
+    entries = train_log(work)
+    assert [e['iter'] for e in entries] == [4, 11]
+    start = 0
+    for entry in entries:
+        since = values[start:entry['iter']]
+        for name in ('sar.gate_open', 'sar.anchor_acc', 'sar.anchor_max_cos',
+                     'sar.nonfinite'):
+            mean = sum(v[f'decode.{name}'] for v in since) / len(since)
+            assert entry[f'decode.{name}'] == pytest.approx(mean, abs=1e-6), \
+                (entry['iter'], name)
+        # a counter: its value at the line
+        assert entry['decode.sar.iters_since_init'] == \
+            since[-1]['decode.sar.iters_since_init']
+        start = entry['iter']
 
 
 def test_dist_train_two_cpu_ranks_agree(tmp_path):

@@ -2,8 +2,9 @@
 
 The mmseg 1.x twin of ``sar_rank_probe.py``. Imported by test configs
 through ``custom_imports``; writes ``<work_dir>/rank<r>.pth`` at the end of
-training with the log-variable keys of every iteration, this rank's seed
-and the SAR state it holds (not the checkpoint).
+training with the log-variable keys of every iteration, its losses and
+SAR's diagnostics, this rank's seed and the SAR state it holds (not the
+checkpoint).
 """
 import os.path as osp
 
@@ -19,6 +20,7 @@ class SARRankProbeHook(Hook):
     def __init__(self):
         self.keys = []
         self.losses = []
+        self.diagnostics = []
 
     def before_train(self, runner):
         # The seed this rank was given (differs per rank with
@@ -41,6 +43,8 @@ class SARRankProbeHook(Hook):
         self.keys.append(sorted(outputs))
         self.losses.append({k: float(v.detach()) for k, v in outputs.items()
                             if 'loss' in k})
+        self.diagnostics.append({k: float(v.detach())
+                                 for k, v in outputs.items() if 'sar.' in k})
 
     def after_train(self, runner):
         model = getattr(runner.model, 'module', runner.model)
@@ -53,6 +57,7 @@ class SARRankProbeHook(Hook):
         rank, world = get_dist_info()
         torch.save(dict(rank=rank, world=world, keys=self.keys,
                         seed=self.seed, losses=self.losses, sar_state=state,
+                        diagnostics=self.diagnostics,
                         init_anchors_at_start=self.init_anchors_at_start,
                         wrapper=type(runner.model).__name__,
                         norms=sorted(set(norms))),

@@ -1,5 +1,9 @@
 # Baseline twin of ../sar/sar_fcn_hr48_4xb2-80k_cityscapes-512x1024.py:
 # mmseg 1.x's own hrnet/fcn_hr48_4xb2-80k_cityscapes-512x1024.py,
-# unchanged but for the paper's seed.
+# unchanged but for the paper's seed and `import sar`: the glue's shims then
+# serve the twin as they serve SAR in mmseg's own tools (mmengine 0.10's
+# checkpoints under torch >= 2.6, CPU ranks, a SAR checkpoint loaded into
+# the twin); the model is mmseg's, untouched.
 _base_ = ['mmseg::hrnet/fcn_hr48_4xb2-80k_cityscapes-512x1024.py']
 randomness = dict(seed=1270964153)
+custom_imports = dict(imports=['sar'], allow_failed_imports=False)
