@@ -53,6 +53,7 @@ from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping)
 
 from ..core import SemanticAnchorRegularizer
+from ..core.regularizer import check_label_values
 from ..core.wrapping import classify_anchors, loss_outputs
 
 # Where each supported model keeps what SAR needs, as module paths:
@@ -181,6 +182,10 @@ class SARMixin:
             .arguments.get('labels')
         if not (self.training and labels is not None):
             return super().forward(*args, **kwargs)
+        # Checked before the model's own loss, whose error for a bad value
+        # names nothing (CPU) or is a device-side assert (CUDA).
+        check_label_values(labels, self.sar.num_classes,
+                           self.sar.ignore_index)
         classifier, feature_module = self._sar_modules()
         captured = []
 
@@ -199,7 +204,8 @@ class SARMixin:
             raise RuntimeError(f'SAR: {type(self).__name__} never ran '
                                f'{self._sar_layout.feature} in training')
         sar_out = self.sar(captured[-1], labels,
-                           lambda e: classify_anchors(classifier, e))
+                           lambda e: classify_anchors(classifier, e),
+                           check_labels=False)
         total = sar_out['pull'] + sar_out['anchor_ce']
         self._sar_accumulate(loss_outputs(sar_out, LOSS_NAME, 1.0))
         if isinstance(out, tuple):  # return_dict=False: loss comes first
