@@ -375,3 +375,15 @@ def test_two_gloo_ranks_keep_sar_state_bit_identical(tmp_path):
     assert states[0]['iters_since_init'] >= 1
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_demo_loop_trains_and_predicts():
+    from sar.smp.demo import train_fpn
+    rng = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 32, 32, 3), generator=rng,
+                           dtype=torch.uint8).numpy()
+    labels = torch.randint(0, C, (4, 32, 32), generator=rng,
+                           dtype=torch.uint8).numpy()
+    pred = train_fpn((images, labels), images[:2], C, use_sar=True, steps=2,
+                     batch_size=2)
+    assert pred.shape == (2, 32, 32) and pred.max() < C
