@@ -20,7 +20,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from sar.core import SemanticAnchorRegularizer  # noqa: E402
 from sar.smp import SARModel, classify_constant_map, find_layout  # noqa
 
 C = 3
@@ -349,8 +348,8 @@ def _two_rank_main(rank, world, port, out_file):
             with torch.no_grad():  # on a copy: its norms' statistics move
                 emb = copy.deepcopy(model.sar).embed_anchors()
                 conv = find_layout(plain)[0]
-                conv.weight.copy_(50 * F.normalize(emb, dim=1)[:, :, None,
-                                                                None])
+                unit = F.normalize(emb, dim=1)
+                conv.weight.copy_(50 * unit[:, :, None, None])
                 conv.bias.zero_()
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
         optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)

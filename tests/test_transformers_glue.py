@@ -14,9 +14,7 @@ import pytest
 transformers = pytest.importorskip('transformers')
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSemanticSegmentation, ConvNextConfig, DPTConfig,
     DPTForSemanticSegmentation, SegformerConfig,
@@ -242,7 +240,8 @@ def test_refusals_name_the_reason():
 
 
 def test_query_classifier_models_are_refused():
-    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation
+    from transformers import (MaskFormerConfig,
+                              MaskFormerForInstanceSegmentation)
     try:
         config = MaskFormerConfig(
             backbone_config=transformers.SwinConfig(
@@ -405,40 +404,43 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _two_rank_main(rank, world, port, out_file):
+def _two_rank_main(rank, world, port, out_dir):
+    """One rank of a Trainer run under DDP, as torchrun would start it."""
+    import os
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=world)
-    try:
-        plain = plain_model('segformer')  # the same weights on both ranks
-        torch.manual_seed(100 + rank)  # but each rank its own anchors A0
-        model = add_sar(plain).train()
-        if rank == 0:
-            # A classifier that classifies rank 0's embedded anchors
-            # confidently, so the gate opens; DDP gives it to rank 1.
-            with torch.no_grad():  # on a copy: its norms' statistics move
-                emb = copy.deepcopy(model.sar).embed_anchors()
-                conv = model.decode_head.classifier
-                conv.weight.copy_(50 * torch.nn.functional.normalize(
-                    emb, dim=1)[:, :, None, None])
-                conv.bias.zero_()
-        ddp = DistributedDataParallel(model, broadcast_buffers=False)
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
-        for step in range(3):
-            images, labels = batch(seed=10 * step + rank)  # per-rank data
-            loss = ddp(pixel_values=images, labels=labels).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        torch.save(model.sar.state_dict(), f'{out_file}.{rank}')
-    finally:
-        dist.destroy_process_group()
+    plain = plain_model('segformer')  # the same weights on both ranks
+    torch.manual_seed(100 + rank)  # but each rank its own anchors A0
+    model = add_sar(plain)
+    if rank == 0:
+        # A classifier that classifies rank 0's embedded anchors
+        # confidently, so the gate opens; DDP gives it to rank 1.
+        with torch.no_grad():  # on a copy: its norms' statistics move
+            emb = copy.deepcopy(model.sar).embed_anchors()
+            conv = model.decode_head.classifier
+            conv.weight.copy_(50 * torch.nn.functional.normalize(
+                emb, dim=1)[:, :, None, None])
+            conv.bias.zero_()
+    # Buffers not broadcast by DDP (mmseg's choice too): SAR must agree by
+    # itself. Each rank trains on its own half of the data.
+    args = TrainingArguments(
+        output_dir=f'{out_dir}/rank{rank}', max_steps=3,
+        per_device_train_batch_size=2, learning_rate=1e-3, save_strategy='no',
+        report_to=[], use_cpu=True, ddp_backend='gloo',
+        ddp_broadcast_buffers=False, dataloader_num_workers=0,
+        disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=_Images(8))
+    assert trainer.args.world_size == world
+    trainer.train()
+    torch.save(model.sar.state_dict(), f'{out_dir}/sar_state.{rank}')
 
 
-def test_two_gloo_ranks_keep_sar_state_bit_identical(tmp_path):
-    out_file = str(tmp_path / 'sar_state')
-    mp.spawn(_two_rank_main, args=(2, free_port(), out_file), nprocs=2)
-    states = [torch.load(f'{out_file}.{r}') for r in range(2)]
+def test_two_gloo_ranks_under_trainer_keep_sar_state_bit_identical(
+        tmp_path):
+    mp.spawn(_two_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    states = [torch.load(tmp_path / f'sar_state.{r}') for r in range(2)]
     assert states[0]['initialised']  # the gate opened: the EMA ran
     assert states[0]['iters_since_init'] >= 1
     for key in states[0]:

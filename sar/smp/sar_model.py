@@ -52,7 +52,6 @@ dilated, grouped or non-'same' classifiers, binary heads (classes < 2).
 Shape shorthand: B batch, H x W the input, C classes, D the classifier's
 input channels, h x w the decode feature map, k the classifier's kernel.
 """
-import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.base import SegmentationModel
 from torch import nn
