@@ -290,6 +290,22 @@ def test_save_pretrained_round_trip_keeps_state_and_settings(tmp_path):
         assert torch.equal(value, state[key]), key
 
 
+def test_loading_in_bf16_keeps_sar_in_float32_and_its_flags(tmp_path):
+    model = add_sar(plain_model('segformer'))
+    prime(model.sar, seed=4)
+    model.sar.iters_since_init.fill_(7)
+    model.save_pretrained(tmp_path)
+    loaded = SARSegformerForSemanticSegmentation.from_pretrained(
+        tmp_path, dtype=torch.bfloat16)
+    assert loaded.decode_head.classifier.weight.dtype == torch.bfloat16
+    for key, value in model.sar.state_dict().items():
+        got = loaded.sar.state_dict()[key]
+        assert got.dtype == value.dtype and torch.equal(got, value), key
+    images, labels = batch()
+    out = loaded.train()(pixel_values=images.bfloat16(), labels=labels)
+    assert torch.isfinite(out.loss)
+
+
 def test_plain_checkpoints_load_fresh_sar_and_remove_sar_is_plain(tmp_path):
     plain = plain_model('segformer')
     plain.save_pretrained(tmp_path / 'plain')

@@ -151,7 +151,22 @@ def _build_regularizer(config, layout, classifier, settings):
                 f'SAR: {key}={settings[key]} disagrees with the model '
                 f'({key} {value}); leave it out: it is the model\'s')
     kwargs = {k: v for k, v in settings.items() if k not in fixed}
-    return SemanticAnchorRegularizer(**fixed, **kwargs)
+    return _float32_regularizer(**fixed, **kwargs)
+
+
+def _float32_regularizer(*args, **kwargs):
+    """The core regularizer in float32, whatever the default dtype.
+
+    ``from_pretrained(..., dtype=torch.bfloat16)`` builds the model under
+    that default dtype; SAR's anchors and projector stay float32 (the SAR
+    classes also keep ``sar`` in float32 when loading).
+    """
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return SemanticAnchorRegularizer(*args, **kwargs)
+    finally:
+        torch.set_default_dtype(default)
 
 
 class SARMixin:
@@ -219,6 +234,26 @@ class SARMixin:
             self._sar_sums[key] = self._sar_sums.get(key, 0) + value
         self._sar_count += 1
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' ``from_pretrained``, SAR's buffers' dtypes kept.
+
+        The SAR classes keep ``sar`` in float32 under any ``dtype``
+        (``_keep_in_fp32_modules_strict``), which transformers applies to
+        every tensor, flags and counters too; those get their own dtypes
+        back here.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        sar = model.sar
+        state = _float32_regularizer(
+            sar.num_classes, sar.channels, ignore_index=sar.ignore_index,
+            anchor_source=sar.anchor_source).state_dict()
+        for name, tensor in sar.state_dict(keep_vars=True).items():
+            if tensor.dtype != state[name].dtype:
+                tensor.data = tensor.data.to(state[name].dtype)
+        return loaded
+
     def _init_weights(self, module):
         # transformers' from_pretrained builds the model on the meta device
         # and calls this for every module with a key missing from the
@@ -242,7 +277,7 @@ def reset_regularizer(regularizer):
     """
     reg = regularizer
     with torch.device('cpu'):
-        fresh = SemanticAnchorRegularizer(
+        fresh = _float32_regularizer(
             reg.num_classes, reg.channels, pull_weight=reg.pull_weight,
             anchor_ce_weight=reg.anchor_ce_weight,
             filter_conf=reg.filter_conf, update_conf=reg.update_conf,
@@ -286,9 +321,11 @@ def sar_class(model_class):
     signature = inspect.signature(model_class.forward)
     forward.__signature__ = signature
     forward.__doc__ = model_class.forward.__doc__
+    keep_fp32 = set(model_class._keep_in_fp32_modules_strict or ()) | {'sar'}
     klass = type(name, (SARMixin, model_class), dict(
         __init__=__init__, forward=forward, _sar_signature=signature,
-        __module__=__name__, __qualname__=name))
+        _keep_in_fp32_modules_strict=keep_fp32, __module__=__name__,
+        __qualname__=name))
     conversions = get_checkpoint_conversion_mapping(model_class.__name__)
     if conversions is None:
         conversions = get_checkpoint_conversion_mapping(
