@@ -29,7 +29,12 @@ model code is copied:
   of the SAR class and Trainer's checkpoints carry it. A checkpoint without
   SAR (or with SAR state that does not fit) loads into the SAR class with
   all of SAR's state fresh, as one unit; :func:`remove_sar` gives back the
-  plain model, whose checkpoints hold nothing of SAR.
+  plain model, whose checkpoints hold nothing of SAR. (transformers 5.24's
+  Trainer resumes with a plain ``load_state_dict`` of the saved file, whose
+  keys ``save_pretrained`` wrote in the hub's old names for some models:
+  SegFormer's encoder and MLP projections then do not load on resume, with
+  or without SAR; huggingface/transformers#43701. SAR's keys are never
+  renamed and do load. UperNet and DPT keep their names.)
 - DDP (torchrun, Accelerate, Trainer): the SAR losses are computed inside
   ``forward``, so DDP sees their gradients; the gate, the EMA anchors and
   the pre-defined anchors agree across ranks through :mod:`sar.core.dist`.
