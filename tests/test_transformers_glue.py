@@ -290,6 +290,24 @@ def test_save_pretrained_round_trip_keeps_state_and_settings(tmp_path):
         assert torch.equal(value, state[key]), key
 
 
+def test_fine_tuning_to_other_classes_makes_sar_state_fresh_as_a_unit(
+        tmp_path):
+    model = add_sar(plain_model('segformer'))
+    prime(model.sar)
+    model.sar.iters_since_init.fill_(7)
+    model.save_pretrained(tmp_path)
+    tuned = SARSegformerForSemanticSegmentation.from_pretrained(
+        tmp_path, num_labels=C + 1, ignore_mismatched_sizes=True)
+    sar = tuned.sar
+    assert sar.init_anchors.shape == (C + 1, 16)
+    assert not sar.initialised and sar.iters_since_init.item() == -1
+    assert sar.semantic_anchors.abs().sum() == 0
+    # The projector fits in shape but belongs to the old anchors: fresh too.
+    assert not torch.equal(sar.projector.fc1.weight,
+                           model.sar.projector.fc1.weight)
+    assert all(torch.isfinite(t).all() for t in sar.state_dict().values())
+
+
 def test_loading_in_bf16_keeps_sar_in_float32_and_its_flags(tmp_path):
     model = add_sar(plain_model('segformer'))
     prime(model.sar, seed=4)
