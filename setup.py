@@ -35,7 +35,12 @@ setup(
     install_requires=[
         'mmsegmentation>=0.30.0,!=1.0.*,!=1.1.*,<1.5', 'numpy', 'prettytable'
     ],
-    extras_require={'tests': ['pytest', 'pytest-xdist>=3.8']},
+    extras_require={
+        'tests': ['pytest', 'pytest-xdist>=3.8'],
+        # sar.transformers and sar.smp (requirements/frameworks.txt)
+        'transformers': ['transformers>=5.24,<6', 'accelerate>=1.16'],
+        'smp': ['segmentation-models-pytorch>=0.6,<0.7', 'timm>=1.0.31'],
+    },
     classifiers=[
         'License :: OSI Approved :: Apache Software License',
         'Programming Language :: Python :: 3',

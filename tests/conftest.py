@@ -35,6 +35,8 @@ LONGEST_FIRST = (
     'tests/test_test_tool.py',
     'tests/test_zoo_heads.py',
     'tests/test_newcomer.py',
+    'tests/test_transformers_glue.py',
+    'tests/test_smp_glue.py',
     # the mmseg 1.x suite
     'tests/mmseg1x/test_runner.py',
     'tests/mmseg1x/test_zoo_heads.py',

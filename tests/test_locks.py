@@ -108,7 +108,7 @@ def test_every_lock_pins_every_entry_with_hashes():
 
 
 @pytest.mark.parametrize('lock, inputs', [
-    ('mmseg0.txt', ['tests.txt', 'constraints.txt']),
+    ('mmseg0.txt', ['tests.txt', 'frameworks.txt', 'constraints.txt']),
     ('mmseg1.txt', ['mmseg1.txt', 'test-tools.txt', 'demo.txt']),
     ('device.txt', ['device.txt', 'device-twin.txt', 'constraints.txt']),
     ('device-twin.txt', ['device-twin.txt']),
