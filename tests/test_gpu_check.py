@@ -120,6 +120,41 @@ def test_fp16_is_read_from_the_loss_scale_the_checkpoint_keeps(tmp_path):
     assert gpu_check.loss_scale(str(tmp_path / 'absent.pth')) is None
 
 
+def test_the_dist_steps_start_loads_as_a_whole_with_its_anchors_set(
+        tmp_path):
+    # SAR loads its state as one unit or none of it: a start that lacked a
+    # key would load nothing, and the dist step would then compare two
+    # ranks that never pulled.
+    import warnings
+
+    from mmcv.runner import load_checkpoint
+    from torch import nn
+
+    from sar.core import SemanticAnchorRegularizer
+
+    def model():
+        m = nn.Module()
+        m.decode_head = nn.Module()
+        m.decode_head.sar_loss = SemanticAnchorRegularizer(5, 8)
+        return m
+
+    src = tmp_path / 'trained.pth'
+    torch.save(dict(state_dict=model().state_dict(), meta={}), src)
+    dst = gpu_check.pulling_start(str(src), str(tmp_path / 'start.pth'))
+    written = torch.load(dst, weights_only=False)['state_dict']
+    torch.manual_seed(1)  # another rank's draw
+    rank = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        load_checkpoint(rank, dst, map_location='cpu')
+    sar = rank.decode_head.sar_loss
+    assert bool(sar.initialised) and int(sar.iters_since_init) == 0
+    prefix = 'decode_head.sar_loss.'
+    for key in ('semantic_anchors', 'init_anchors'):
+        assert torch.equal(getattr(sar, key), written[prefix + key]), key
+    assert sar.semantic_anchors.abs().sum() > 0
+
+
 def test_a_step_that_raises_fails_alone(tmp_path):
     check = gpu_check.Check(tool.parse_args(
         [str(tmp_path / 'out'), '--cpu', '--work-dir', str(tmp_path / 'w')]))

@@ -197,8 +197,9 @@ def pulling_start(ckpt, dst, seed=0):
     its own class, which a short run from scratch never reaches. Here S is
     set (seeded, the same on every rank) and marked initialised, so that a
     run from ``dst`` with ``pull_mode='after_init'`` pulls in every step.
-    The initial anchors A0 are left out: each rank keeps the ones it drew,
-    which the first step must make rank 0's on all.
+    Every other key of SAR's state stays as ``ckpt`` holds it: SAR loads its
+    state as one unit or not at all (a missing initial anchor A0 would leave
+    S unset and the pull at 0).
     """
     import torch
     ckpt = torch.load(ckpt, map_location='cpu', weights_only=False)
@@ -210,7 +211,6 @@ def pulling_start(ckpt, dst, seed=0):
         anchors.shape, generator=gen, dtype=anchors.dtype)
     state[prefix + 'initialised'] = torch.tensor(True)
     state[prefix + 'iters_since_init'] = torch.tensor(0)
-    del state[prefix + 'init_anchors']
     torch.save(dict(state_dict=state, meta={}), dst)
     return dst
 
