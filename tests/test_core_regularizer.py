@@ -452,6 +452,70 @@ def test_a_step_that_changes_no_weight_is_no_step():
             assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.parametrize('how', ['lr 0', 'frozen head'])
+def test_an_optimizer_step_that_moves_no_sar_weight_is_a_step(how):
+    # lr 0 (a warm-up's start, a poly schedule's end) or a decode head
+    # that does not train while the backbone does: E stays bitwise the
+    # same, yet each optimizer step is a step of the schedule.
+    m = 0.999
+    reg = make(ema_momentum=m)
+    oracle = open_gate(reg)
+    backbone = nn.Conv2d(D, D, 1)
+    params = list(backbone.parameters())
+    if how == 'lr 0':
+        params += [*reg.parameters(), *oracle.parameters()]
+    opt = torch.optim.SGD(params, lr=0.0 if how == 'lr 0' else 0.1)
+    feats, labels = batch()
+    trace = []
+    for step in range(4):
+        out = reg(backbone(feats).relu(), labels, oracle)
+        (out['pull'] + out['anchor_ce']).backward()
+        trace.append((int(reg.iters_since_init),
+                      reg.semantic_anchors.clone()))
+        opt.step()
+        opt.zero_grad()
+    E = reg.embed_anchors().detach()
+    assert [t[0] for t in trace] == [0, 1, 2, 3]
+    torch.testing.assert_close(trace[0][1], E, rtol=0, atol=0)
+    # ... and S keeps its EMA pace toward E (set apart from it first),
+    # once per step.
+    reg(backbone(feats).relu(), labels, oracle)  # step 4 starts
+    with torch.no_grad():
+        reg.semantic_anchors.mul_(0.5)
+    before = reg.semantic_anchors.clone()
+    reg(backbone(feats).relu(), labels, oracle)  # the same step: no move
+    assert torch.equal(reg.semantic_anchors, before)
+    opt.step()
+    reg(backbone(feats).relu(), labels, oracle)
+    torch.testing.assert_close(reg.semantic_anchors,
+                               m * before + (1 - m) * E)
+    assert int(reg.iters_since_init) == 5
+
+
+def test_an_amp_step_skipped_for_overflow_is_no_step():
+    reg = make()
+    oracle = open_gate(reg)
+    params = [*reg.parameters(), *oracle.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1)
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 8)
+    feats, labels = batch()
+    out = reg(feats, labels, oracle)
+    scaler.scale(out['pull'] + out['anchor_ce']).backward()
+    oracle.scale.grad.fill_(float('inf'))  # an overflow
+    scaler.step(opt)  # skipped: the optimizer is not called
+    scaler.update()
+    opt.zero_grad()
+    assert scaler.get_scale() == 2.0 ** 7  # precondition: it was skipped
+    reg(feats, labels, oracle)
+    assert reg.iters_since_init.item() == 0
+    out = reg(feats, labels, oracle)
+    scaler.scale(out['pull'] + out['anchor_ce']).backward()
+    scaler.step(opt)  # a real step
+    scaler.update()
+    reg(feats, labels, oracle)
+    assert reg.iters_since_init.item() == 1
+
+
 # --- checkpoints: SAR's state is one unit ------------------------------------
 
 def trained(num_classes=C, channels=D, **kwargs):

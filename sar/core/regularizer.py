@@ -8,6 +8,7 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import dist as sar_dist
 from .functional import (ANCHOR_INITS, DISTANCES, anchor_ce, class_sums,
@@ -16,6 +17,24 @@ from .functional import (ANCHOR_INITS, DISTANCES, anchor_ce, class_sums,
 
 PULL_MODES = ('gate', 'after_init')
 ANCHOR_SOURCES = ('embedded', 'prototype')
+
+# Optimizer steps taken in this process, counted by torch.optim's global
+# post-step hook once a regularizer exists (see _new_step). A step that
+# GradScaler skips for overflow never calls the optimizer, so it is not
+# counted.
+_optimizer_steps = [0]
+_optimizer_step_hook = None
+
+
+def _count_optimizer_step(optimizer, args, kwargs):
+    _optimizer_steps[0] += 1
+
+
+def _watch_optimizer_steps():
+    global _optimizer_step_hook
+    if _optimizer_step_hook is None:
+        _optimizer_step_hook = register_optimizer_step_post_hook(
+            _count_optimizer_step)
 
 
 class AnchorProjector(nn.Module):
@@ -94,7 +113,9 @@ class SemanticAnchorRegularizer(nn.Module):
     One call is one micro-batch; the gate, the EMA and the counter advance
     once per optimizer step (see :meth:`_new_step`): under gradient
     accumulation the micro-batches of a step see the same embedded anchors,
-    the first of them updates S, and all of them pull toward that S.
+    the first of them updates S, and all of them pull toward that S. The
+    prototype ablation is the exception: its EMA takes each micro-batch's
+    class means, and its counter counts calls.
 
     The state (anchors, projector, ``initialised``, ``iters_since_init``)
     loads from a checkpoint as one unit: if its shapes do not fit this
@@ -172,7 +193,9 @@ class SemanticAnchorRegularizer(nn.Module):
         # still to be made; see _new_step and _advance. Not buffers: after a
         # load, the next call starts a step.
         self._last_seen = None
+        self._last_steps = None
         self._update_due = None
+        _watch_optimizer_steps()
         if anchor_source == 'prototype':
             self.register_buffer('class_seen',
                                  torch.zeros(num_classes, dtype=torch.bool))
@@ -301,24 +324,33 @@ class SemanticAnchorRegularizer(nn.Module):
     def _new_step(self, embedded, logits):
         """Whether the optimizer stepped since the last training call.
 
-        E and the anchors' logits depend only on the projector's and the
-        classifier's weights (in training the projector's norms take the
-        statistics of the C anchors, not of the data), so they are bitwise
-        the same for every micro-batch of an accumulated step and move when
-        the optimizer steps. Watching them needs no word from the training
-        loop (mmengine's ``accumulative_counts``, mmcv's
-        ``GradientCumulativeOptimizerHook``, a hand-written loop or none)
-        and no host synchronisation. A step that changes no weight (an AMP
-        step skipped for overflow) is no step. The first call of a process,
-        and the first after a load, start one.
+        Two signs, either of which starts a step. A ``torch.optim``
+        optimizer stepped (torch's global post-step hook counts the steps of
+        the process), which covers steps that change none of SAR's weights:
+        lr 0 in a warm-up or at the end of a poly schedule, a frozen decode
+        head. And E or the anchors' logits changed: they depend only on the
+        projector's and the classifier's weights (in training the
+        projector's norms take the statistics of the C anchors, not of the
+        data), so they are bitwise the same for every micro-batch of an
+        accumulated step and move when weights are updated by any means.
+        Neither needs a word from the training loop (mmengine's
+        ``accumulative_counts``, mmcv's ``GradientCumulativeOptimizerHook``,
+        Trainer, a hand-written loop) or a host synchronisation. An AMP
+        step skipped for overflow calls no optimizer and changes no weight:
+        it is no step. The first call of a process, and the first after a
+        load, start one. Another optimizer of the same process that steps
+        between the micro-batches of one step (a GAN's second optimizer)
+        would start steps too.
 
         Shape:
             embedded (C, D), logits (C, C) -> bool ().
         """
+        steps, last_steps = _optimizer_steps[0], self._last_steps
+        self._last_steps = steps
         seen = (embedded.detach(), logits.detach())
         last, self._last_seen = self._last_seen, tuple(t.clone()
                                                        for t in seen)
-        if last is None or any(
+        if last is None or last_steps != steps or any(
                 (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device)
                 for a, b in zip(seen, last)):
             return torch.ones((), dtype=torch.bool, device=embedded.device)
@@ -386,7 +418,8 @@ class SemanticAnchorRegularizer(nn.Module):
                 warnings.warn(unfit_state_message(prefix, problems),
                               UserWarning)
             else:
-                self._last_seen = self._update_due = None
+                self._last_seen = self._last_steps = None
+                self._update_due = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _forward_prototype(self, feats, labels, classifier):
