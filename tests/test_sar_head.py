@@ -451,6 +451,7 @@ def test_fine_tuning_from_a_sar_checkpoint_starts_sar_afresh(
     # mmcv's load_checkpoint (strict=False, as a runner's load_from) skips
     # the anchors for their shapes; SAR's other state must not load alone.
     from mmcv.runner import load_checkpoint, save_checkpoint
+    from mmcv.utils import get_logger
     from sar.core import downsample_labels, pull_loss
     _, source = build_pair()
     state = source.decode_head.sar_loss
@@ -468,11 +469,17 @@ def test_fine_tuning_from_a_sar_checkpoint_starts_sar_afresh(
         return revert_sync_batchnorm(build_segmentor(cfg.model))
 
     model, fresh = build(), build()
+    log = tmp_path / 'run.log'
+    logger = get_logger(f'finetune_{sorted(change)[0]}', log_file=str(log))
     with pytest.warns(UserWarning, match=r'does not fit this model: '
                       r'init_anchors \(4, 120\) in the checkpoint, '
                       rf'\({change.get("num_classes", 4)}, '
                       rf'{change.get("channels", 120)}\) here'):
-        load_checkpoint(model, path, map_location='cpu')
+        load_checkpoint(model, path, map_location='cpu', logger=logger)
+    # The run's log says why, beside mmcv's list of missing keys.
+    text = log.read_text()
+    assert 'missing keys in source state_dict' in text
+    assert 'does not fit this model' in text and 'SAR starts afresh' in text
     sar = model.decode_head.sar_loss
     for key, value in fresh.decode_head.sar_loss.state_dict().items():
         assert torch.equal(sar.state_dict()[key], value), key

@@ -194,6 +194,9 @@ class SemanticAnchorRegularizer(nn.Module):
         # load, the next call starts a step.
         self._last_seen = None
         self._last_steps = None
+        # Why the last load left the state as built, until a glue writes it
+        # to its framework's log (pop_load_reports).
+        self._load_report = None
         self._update_due = None
         _watch_optimizer_steps()
         if anchor_source == 'prototype':
@@ -415,8 +418,8 @@ class SemanticAnchorRegularizer(nn.Module):
             if problems:
                 for key in given:
                     del state_dict[prefix + key]
-                warnings.warn(unfit_state_message(prefix, problems),
-                              UserWarning)
+                self._load_report = unfit_state_message(prefix, problems)
+                warnings.warn(self._load_report, UserWarning)
             else:
                 self._last_seen = self._last_steps = None
                 self._update_due = None
@@ -542,6 +545,19 @@ def unfit_state(expected, given):
             problems.append(f'{key} {shape} in the checkpoint, '
                             f'{tuple(value.shape)} here')
     return problems
+
+
+def pop_load_reports(module):
+    """Why loads left SAR's state as built, for each regularizer in
+    ``module``, since the last call: the warnings' texts, which a glue also
+    writes to its framework's log (Python warnings do not reach it).
+    """
+    reports = []
+    for m in module.modules():
+        if isinstance(m, SemanticAnchorRegularizer) and m._load_report:
+            reports.append(m._load_report)
+            m._load_report = None
+    return reports
 
 
 def unfit_state_message(prefix, problems, shown=4):

@@ -432,6 +432,37 @@ def _patch_get_stream():
     _functions._get_stream = _ids_as_devices(original)
 
 
+# --------------------------------------------------------------------------
+# Shim 8: why SAR's state was left as built, in the run's log.
+# Fine-tuning from a SAR checkpoint into other classes or widths, SAR keeps
+# its state as built and says why in a Python warning, which mmcv's logger
+# does not capture; the log file showed only mmcv's "missing keys in source
+# state_dict: decode_head.sar_loss...". Where mmcv logs the mismatch to a
+# logger (a runner's load_from and resume), SAR's reason goes there too
+# (tests/test_sar_head.py::test_fine_tuning_from_a_sar_checkpoint_...).
+def _patch_load_state_dict():
+    from mmcv.runner import checkpoint
+
+    from ..core.regularizer import pop_load_reports
+    original = checkpoint.load_state_dict
+    if getattr(original, '_sar_patched', False):
+        return
+
+    @functools.wraps(original)
+    def load_state_dict(module, state_dict, strict=False, logger=None):
+        try:
+            return original(module, state_dict, strict, logger)
+        finally:
+            for report in pop_load_reports(module):
+                if logger is not None:
+                    logger.warning(f'{report} (These are the '
+                                   f'decode_head.sar_loss keys reported '
+                                   f'missing.)')
+
+    load_state_dict._sar_patched = True
+    checkpoint.load_state_dict = load_state_dict
+
+
 def apply():
     """Apply every shim (idempotent)."""
     _patch_init_dist()
@@ -441,3 +472,4 @@ def apply():
     _patch_iter_runner()
     _patch_checkpoint_files()
     _patch_get_stream()
+    _patch_load_state_dict()

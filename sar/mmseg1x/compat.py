@@ -13,6 +13,7 @@ itself, so they serve every config whose ``custom_imports`` imports
 ``tools/train.py`` and ``tools/test.py``.
 """
 import functools
+import logging
 import pickle
 import warnings
 
@@ -250,7 +251,9 @@ def _allow_mmengine_checkpoints():
 # SARHead, a SAR state dict is mapped to the plain layout as it is loaded
 # (what tools/export_plain.py writes), as the 0.x tools do. The twins in
 # configs/mmseg1x/baseline import sar for this; a config that does not
-# cannot be helped here: export the checkpoint first.
+# cannot be helped here: export the checkpoint first. The same wrapper
+# writes why SAR's state was left as built to the run's log
+# (log_load_reports).
 def _patch_load_state_dict():
     from mmengine.runner import checkpoint
     original = checkpoint.load_state_dict
@@ -259,11 +262,28 @@ def _patch_load_state_dict():
 
     @functools.wraps(original)
     def load_state_dict(module, state_dict, strict=False, logger=None):
-        return original(module, plain_state_dict_for(module, state_dict),
-                        strict, logger)
+        try:
+            return original(module, plain_state_dict_for(module, state_dict),
+                            strict, logger)
+        finally:
+            log_load_reports(module, logger)
 
     load_state_dict._sar_patched = True
     checkpoint.load_state_dict = load_state_dict
+
+
+def log_load_reports(module, logger=None):
+    """Why SAR's state was left as built (fine-tuning into other classes
+    or widths), in the run's log: the core says it in a Python warning,
+    which mmengine's logger does not capture, and mmengine only lists the
+    keys as missing. ``logger`` None means mmengine's current logger."""
+    from mmengine.logging import print_log
+
+    from ..core.regularizer import pop_load_reports
+    for report in pop_load_reports(module):
+        print_log(f'{report} (These are the decode_head.sar_loss keys '
+                  f'reported missing.)', logger=logger or 'current',
+                  level=logging.WARNING)
 
 
 def plain_state_dict_for(module, state_dict):

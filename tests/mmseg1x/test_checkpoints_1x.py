@@ -7,7 +7,7 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, MMLogger
 from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import load_checkpoint, save_checkpoint
 from mmseg.registry import MODELS
@@ -141,10 +141,16 @@ def test_fine_tuning_from_a_sar_checkpoint_starts_sar_afresh(
 
     model, fresh = build(), build()
     C, D = change.get('num_classes', 3), change.get('channels', 8)
+    log = tmp_path / 'run.log'
+    MMLogger.get_instance(f'finetune_{sorted(change)[0]}',
+                          log_file=str(log))  # the run's current logger
     with pytest.warns(UserWarning, match=r'does not fit this model: '
                       r'init_anchors \(3, 8\) in the checkpoint, '
                       rf'\({C}, {D}\) here'):
         load_checkpoint(model, path, map_location='cpu', strict=False)
+    # The run's log says why SAR's keys are left out.
+    text = log.read_text()
+    assert 'does not fit this model' in text and 'SAR starts afresh' in text
     sar = model.decode_head.sar_loss
     for key, value in fresh.decode_head.sar_loss.state_dict().items():
         assert torch.equal(sar.state_dict()[key], value), key
