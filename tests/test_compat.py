@@ -68,13 +68,37 @@ def test_numpy_meta_needs_the_shim(tmp_path):
     path = str(tmp_path / 'ckpt.pth')
     save_checkpoint(torch.nn.Linear(2, 2), path,
                     meta=dict(PALETTE=np.zeros((2, 3), np.int64)))
+    from mmcv.runner.checkpoint import CheckpointLoader
+    mmcvs_own = CheckpointLoader._schemes[''].__wrapped__  # without shim 6
     torch.serialization.clear_safe_globals()
     try:
         with pytest.raises(Exception, match='Weights only load failed'):
-            load_checkpoint(torch.nn.Linear(2, 2), path, map_location='cpu')
+            mmcvs_own(path, map_location='cpu')
     finally:
         compat.apply()
     load_checkpoint(torch.nn.Linear(2, 2), path, map_location='cpu')
+
+
+def test_numpy_meta_loads_after_another_safe_globals_context(tmp_path):
+    # transformers' Trainer resume loads inside a safe_globals context of
+    # numpy entries; its exit removes them from torch's process-wide list,
+    # ours included. mmcv's loader must still read the meta afterwards.
+    if not hasattr(torch.serialization, 'safe_globals'):
+        pytest.skip('torch without safe globals: no weights_only default')
+    from sar.checkpoints.safe_load import numpy_safe_globals
+    path = str(tmp_path / 'ckpt.pth')
+    save_checkpoint(torch.nn.Linear(2, 2), path,
+                    meta=dict(PALETTE=np.zeros((2, 3), np.int64)))
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            pass
+        assert not set(numpy_safe_globals()) & set(
+            torch.serialization.get_safe_globals())  # the exit removed them
+        ckpt = load_checkpoint(torch.nn.Linear(2, 2), path,
+                               map_location='cpu')
+        assert ckpt['meta']['PALETTE'].shape == (2, 3)
+    finally:  # for the tests after this one, whatever happened
+        compat.apply()
 
 
 # Shim 1 --------------------------------------------------------------------

@@ -167,7 +167,9 @@ def _patch_build_ddp():
 # We allow exactly the numpy array/scalar reconstructors, keeping the
 # weights-only loader (no arbitrary code) for everything else. The list lives
 # in the torch-only sar.checkpoints.safe_load, which the export tools use
-# alone; apply() registers it for every loader in the process.
+# alone; apply() registers it for every loader in the process, and shim 6's
+# local loader again before each load (another library's safe_globals
+# context removes the entries it listed when it exits).
 
 
 # --------------------------------------------------------------------------
@@ -361,6 +363,10 @@ def _truncated(filename, err):
 def _readable_checkpoint(original):
     @functools.wraps(original)
     def load_from_local(filename, map_location=None):
+        # Shim 3's entries, again: a torch.serialization.safe_globals
+        # context of other code (transformers' Trainer resume) removes the
+        # entries it listed when it exits, ours among them.
+        allow_numpy_in_checkpoints()
         try:
             return original(filename, map_location)
         except (EOFError, RuntimeError, OSError) as err:

@@ -240,6 +240,22 @@ def check_history_buffer_state(state, history_buffer, array_type):
 
 def _allow_mmengine_checkpoints():
     allow_records_in_checkpoints(checked_history_buffer())
+    # Again before each load of a local file: a torch.serialization
+    # .safe_globals context of other code (transformers' Trainer resume)
+    # removes the entries it listed when it exits, ours among them.
+    from mmengine.runner.checkpoint import CheckpointLoader
+    local = CheckpointLoader._schemes['']
+    if getattr(local, '_sar_patched', False):
+        return
+
+    @functools.wraps(local)
+    def load_from_local(filename, map_location):
+        allow_records_in_checkpoints(checked_history_buffer())
+        return local(filename, map_location)
+
+    load_from_local._sar_patched = True
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local,
+                                     force=True)
 
 
 # --------------------------------------------------------------------------

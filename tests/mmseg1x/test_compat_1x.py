@@ -28,6 +28,31 @@ def test_runner_records_load_weights_only(tmp_path):
         'log_scalars']['loss'].mean() == pytest.approx(0.375)
 
 
+def test_records_load_after_another_safe_globals_context(tmp_path):
+    # A torch.serialization.safe_globals context (transformers' Trainer
+    # resume lists numpy's entries; other loaders list records too) removes
+    # what it listed when it exits, ours included. mmengine's loader must
+    # still read its own checkpoints afterwards.
+    from mmengine.runner import CheckpointLoader
+
+    from sar.checkpoints.safe_load import (numpy_safe_globals,
+                                           record_safe_globals)
+    from sar.mmseg1x.compat import checked_history_buffer
+    path = str(tmp_path / 'hub.pth')
+    save_record(path)
+    listed = numpy_safe_globals() + record_safe_globals(
+        checked_history_buffer())
+    try:
+        with torch.serialization.safe_globals(listed):
+            pass
+        assert not set(listed) & set(torch.serialization.get_safe_globals())
+        ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+        assert ckpt['message_hub']['log_scalars']['loss'].mean() == \
+            pytest.approx(0.375)
+    finally:  # for the tests after this one, whatever happened
+        torch.serialization.add_safe_globals(listed)
+
+
 def test_a_record_cannot_rebind_a_statistic(tmp_path, monkeypatch):
     path = str(tmp_path / 'forged.pth')
     with monkeypatch.context() as m:  # a checkpoint whose 'mean' is max
