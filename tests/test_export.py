@@ -12,6 +12,7 @@ from conftest import ROOT
 from release_state import release_from_plain
 from sar.checkpoints import (is_sar_state_dict, official_to_sar_state_dict,
                              sar_to_plain_state_dict)
+from sar.checkpoints.safe_load import load_weights_only
 
 
 def test_sar_to_plain_single_and_cascade():
@@ -117,7 +118,7 @@ def test_convert_official_tool_round_trip(tmp_path):
     run = subprocess.run([sys.executable, tool, str(src), str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    got = torch.load(out, weights_only=True)['state_dict']
+    got = load_weights_only(out)['state_dict']
     assert torch.equal(got['decode_head.sar_loss.init_anchors'],
                        official_state_dict()['random_center'])
     again = subprocess.run([sys.executable, tool, str(src), str(out)],
@@ -267,7 +268,7 @@ def test_export_plain_runs_with_torch_alone(mode, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert 'mm modules: []' in run.stdout
     assert 'wrote' in run.stdout and '1 SAR entries dropped' in run.stdout
-    got = torch.load(out, weights_only=True)  # numpy: allowed by sar
+    got = load_weights_only(out)  # numpy: allowed by sar
     assert list(got['state_dict']) == ['backbone.conv.weight',
                                        'decode_head.conv_seg.weight']
     assert torch.equal(got['state_dict']['decode_head.conv_seg.weight'], t + 1)
@@ -284,7 +285,7 @@ def test_convert_official_runs_with_torch_alone(mode, tmp_path):
                           tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert 'mm modules: []' in run.stdout
-    got = torch.load(out, weights_only=True)['state_dict']
+    got = load_weights_only(out)['state_dict']
     assert torch.equal(got['decode_head.sar_loss.semantic_anchors'],
                        official_state_dict()['momentum_center_feat'])
 
@@ -385,7 +386,7 @@ def test_export_plain_writes_the_twins_config_or_none(tmp_path):
                               str(src), str(out)], cwd=ROOT,
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
-        got = torch.load(out, weights_only=True)['meta']
+        got = load_weights_only(out)['meta']
         if name == 'odd':  # dropped, never kept naming SAR
             assert 'cfg' not in got and got['config'] is None
             assert "meta['cfg'] dropped" in run.stdout

@@ -32,6 +32,17 @@ C = 4
 IGNORE = 200
 
 
+@pytest.fixture(autouse=True)
+def _keep_torchs_allow_list():
+    """Trainer's resume loads inside a torch.serialization.safe_globals
+    context whose exit removes numpy's entries from the process-wide
+    allow-list that ``import sar`` filled; the files that run after this
+    one on the same worker read checkpoints with it."""
+    yield
+    from sar.checkpoints.safe_load import allow_numpy_in_checkpoints
+    allow_numpy_in_checkpoints()
+
+
 def segformer_config(**kwargs):
     args = dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
                 hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2],
