@@ -492,11 +492,14 @@ def test_an_optimizer_step_that_moves_no_sar_weight_is_a_step(how):
     assert int(reg.iters_since_init) == 5
 
 
-def test_an_amp_step_skipped_for_overflow_is_no_step():
+@pytest.mark.parametrize('fused', [False, True], ids=['plain', 'fused'])
+def test_an_amp_step_skipped_for_overflow_is_no_step(fused):
+    # GradScaler does not call a plain optimizer on an overflow; a fused
+    # one (Trainer's default adamw_torch_fused) it calls with found_inf set.
     reg = make()
     oracle = open_gate(reg)
     params = [*reg.parameters(), *oracle.parameters()]
-    opt = torch.optim.SGD(params, lr=0.1)
+    opt = torch.optim.SGD(params, lr=0.1, fused=fused)
     scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 8)
     feats, labels = batch()
     out = reg(feats, labels, oracle)
@@ -583,6 +586,56 @@ def test_a_checkpoint_that_does_not_fit_leaves_all_sar_state_fresh(source):
     want = 0.1 * pull_loss(feats, downsample_labels(labels, (4, 4)),
                            embedded, 255)
     assert out['pull'].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_a_load_report_is_only_the_last_loads():
+    from sar.core.regularizer import pop_load_reports
+    model = Model(pull_mode='after_init')
+    other = Model(num_classes=C + 2)
+    with pytest.warns(UserWarning, match='does not fit this model'):
+        model.load_state_dict(other.state_dict(), strict=False)
+    # a load that fits, by a loader no glue wraps, then one that reports
+    model.load_state_dict(Model(seed=3).state_dict())
+    assert pop_load_reports(model) == []
+    with pytest.warns(UserWarning, match='does not fit this model'):
+        model.load_state_dict(other.state_dict(), strict=False)
+    (report, ) = pop_load_reports(model)
+    assert report.startswith("SAR: the checkpoint's SAR state (sar.*)")
+    assert pop_load_reports(model) == []
+
+
+def test_steps_are_counted_for_a_regularizer_that_arrives_pickled(
+        tmp_path):
+    # A process that only unpickles a model (torch.load of a whole model,
+    # a spawn argument) runs no __init__: the step count must not depend on
+    # one. Here a frozen head, so only the count can tell the steps.
+    import subprocess
+    import sys
+    reg = make()
+    path = tmp_path / 'reg.pt'
+    torch.save(reg, path)
+    script = f"""
+import torch
+reg = torch.load({str(path)!r}, weights_only=False)
+eye = lambda e: 50.0 * torch.eye({C}) + 0 * e[:, :{C}]
+backbone = torch.nn.Conv2d({D}, {D}, 1)
+opt = torch.optim.SGD(backbone.parameters(), lr=0.1)
+g = torch.Generator().manual_seed(0)
+feats = torch.rand(2, {D}, 4, 4, generator=g)
+labels = torch.randint(0, {C}, (2, 8, 8), generator=g)
+counts = []
+for _ in range(3):
+    out = reg(backbone(feats).relu(), labels, eye)
+    out['pull'].backward()
+    opt.step()
+    counts.append(int(reg.iters_since_init))
+print(counts)
+"""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', script], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split('\n')[-2] == '[0, 1, 2]'
 
 
 def test_a_fitting_checkpoint_loads_whole_strictly_and_silently():

@@ -19,14 +19,21 @@ PULL_MODES = ('gate', 'after_init')
 ANCHOR_SOURCES = ('embedded', 'prototype')
 
 # Optimizer steps taken in this process, counted by torch.optim's global
-# post-step hook once a regularizer exists (see _new_step). A step that
-# GradScaler skips for overflow never calls the optimizer, so it is not
-# counted.
+# post-step hook, registered when this module is imported (also where a
+# regularizer arrives unpickled); see _new_step.
 _optimizer_steps = [0]
 _optimizer_step_hook = None
 
 
 def _count_optimizer_step(optimizer, args, kwargs):
+    # A step GradScaler skips for an overflow is no step. It does not call a
+    # plain optimizer then; a fused one (fused=True, Trainer's default
+    # adamw_torch_fused) it calls with ``found_inf`` set, and the optimizer
+    # skips its update. Reading the flag costs a host synchronisation, as
+    # GradScaler's own check does for the plain ones.
+    found_inf = getattr(optimizer, 'found_inf', None)
+    if found_inf is not None and bool(found_inf):
+        return
     _optimizer_steps[0] += 1
 
 
@@ -35,6 +42,9 @@ def _watch_optimizer_steps():
     if _optimizer_step_hook is None:
         _optimizer_step_hook = register_optimizer_step_post_hook(
             _count_optimizer_step)
+
+
+_watch_optimizer_steps()
 
 
 class AnchorProjector(nn.Module):
@@ -198,7 +208,6 @@ class SemanticAnchorRegularizer(nn.Module):
         # to its framework's log (pop_load_reports).
         self._load_report = None
         self._update_due = None
-        _watch_optimizer_steps()
         if anchor_source == 'prototype':
             self.register_buffer('class_seen',
                                  torch.zeros(num_classes, dtype=torch.bool))
@@ -411,6 +420,7 @@ class SemanticAnchorRegularizer(nn.Module):
         mmengine), so a removed key loads nowhere; strict loading then
         reports the keys as missing.
         """
+        self._load_report = None  # only this load's
         given = {k[len(prefix):]: v for k, v in state_dict.items()
                  if k.startswith(prefix)}
         if given:

@@ -461,9 +461,8 @@ def _patch_load_state_dict():
         finally:
             for report in pop_load_reports(module):
                 if logger is not None:
-                    logger.warning(f'{report} (These are the '
-                                   f'decode_head.sar_loss keys reported '
-                                   f'missing.)')
+                    logger.warning(f'{report} (mmcv lists these keys '
+                                   f'as missing.)')
 
     load_state_dict._sar_patched = True
     checkpoint.load_state_dict = load_state_dict

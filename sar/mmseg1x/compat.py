@@ -297,9 +297,8 @@ def log_load_reports(module, logger=None):
 
     from ..core.regularizer import pop_load_reports
     for report in pop_load_reports(module):
-        print_log(f'{report} (These are the decode_head.sar_loss keys '
-                  f'reported missing.)', logger=logger or 'current',
-                  level=logging.WARNING)
+        print_log(f'{report} (mmengine lists these keys as missing.)',
+                  logger=logger or 'current', level=logging.WARNING)
 
 
 def plain_state_dict_for(module, state_dict):
