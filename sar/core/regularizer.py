@@ -22,7 +22,6 @@ ANCHOR_SOURCES = ('embedded', 'prototype')
 # post-step hook, registered when this module is imported (also where a
 # regularizer arrives unpickled); see _new_step.
 _optimizer_steps = [0]
-_optimizer_step_hook = None
 
 
 def _count_optimizer_step(optimizer, args, kwargs):
@@ -37,14 +36,8 @@ def _count_optimizer_step(optimizer, args, kwargs):
     _optimizer_steps[0] += 1
 
 
-def _watch_optimizer_steps():
-    global _optimizer_step_hook
-    if _optimizer_step_hook is None:
-        _optimizer_step_hook = register_optimizer_step_post_hook(
-            _count_optimizer_step)
-
-
-_watch_optimizer_steps()
+_optimizer_step_hook = register_optimizer_step_post_hook(
+    _count_optimizer_step)
 
 
 class AnchorProjector(nn.Module):
@@ -347,8 +340,8 @@ class SemanticAnchorRegularizer(nn.Module):
         accumulated step and move when weights are updated by any means.
         Neither needs a word from the training loop (mmengine's
         ``accumulative_counts``, mmcv's ``GradientCumulativeOptimizerHook``,
-        Trainer, a hand-written loop) or a host synchronisation. An AMP
-        step skipped for overflow calls no optimizer and changes no weight:
+        Trainer, a hand-written loop). An AMP step skipped for overflow
+        changes no weight and is not counted (see _count_optimizer_step):
         it is no step. The first call of a process, and the first after a
         load, start one. Another optimizer of the same process that steps
         between the micro-batches of one step (a GAN's second optimizer)
