@@ -7,7 +7,9 @@ two CPU ranks, resume, tools/test.py on the runner's checkpoints, the
 baseline twins) and tests/mmseg1x/test_compat_1x.py. Shims 1-3 change
 nothing where the original code already works (a CUDA device present,
 torch < 2.6); shim 4 acts only on SAR checkpoints loaded into models
-without SAR, shim 5 only on SAR's own log keys. They act on mmengine
+without SAR, shim 5 only on SAR's own log keys, shim 6 only where
+mmengine's scope table names a distribution that is not installed (OneDL's
+fork). They act on mmengine
 itself, so they serve every config whose ``custom_imports`` imports
 ``sar`` (the SAR configs and their baseline twins), run by mmseg's own
 ``tools/train.py`` and ``tools/test.py``.
@@ -160,7 +162,9 @@ def wrap_cpu_model(model, model_wrapper_cfg, cfg):
 # getattr(HistoryBuffer, 'mean'), their statistics methods. We allow that
 # class, numpy's array/scalar reconstructors and a getattr limited to the
 # record's public methods (sar.checkpoints.safe_load, torch only), and keep
-# the weights-only loader for everything else.
+# the weights-only loader for everything else. onedl-mmengine does load
+# weights-only, with a list of its own and an unrestricted retry; its
+# loader is replaced (weights_only_load).
 # What a pickled HistoryBuffer's state may hold: its __init__'s attributes
 # and the statistics table its __getstate__ adds. Anything else would land
 # in the instance __dict__ (HistoryBuffer.__setstate__ updates it with the
@@ -238,8 +242,31 @@ def check_history_buffer_state(state, history_buffer, array_type):
                    f'which is not HistoryBuffer.{name}')
 
 
+def weights_only_load(file, map_location=None, weights_only=None):
+    """Stands in for onedl-mmengine's ``_safe_torch_load``.
+
+    OneDL's loader (every scheme of its CheckpointLoader) runs
+    ``torch.load`` inside ``safe_globals`` of its own list, which adds
+    mmengine's unchecked ``HistoryBuffer`` and a plain ``getattr`` beside
+    this glue's checked ones (which wins is the order of a set), removes
+    the glue's entries when it exits, and on an UnpicklingError loads the
+    file again with ``weights_only=False``: a record this glue refuses
+    would then be unpickled without limits. Here the default load is
+    weights-only with the glue's list and a refusal is raised; a caller's
+    explicit ``weights_only`` is kept.
+    """
+    if weights_only is not None:
+        return torch.load(file, map_location=map_location,
+                          weights_only=weights_only)
+    allow_records_in_checkpoints(checked_history_buffer())
+    return torch.load(file, map_location=map_location, weights_only=True)
+
+
 def _allow_mmengine_checkpoints():
     allow_records_in_checkpoints(checked_history_buffer())
+    from mmengine.runner import checkpoint
+    if hasattr(checkpoint, '_safe_torch_load'):  # onedl-mmengine
+        checkpoint._safe_torch_load = weights_only_load
     # Again before each load of a local file: a torch.serialization
     # .safe_globals context of other code (transformers' Trainer resume)
     # removes the entries it listed when it exits, ours among them.
@@ -406,8 +433,31 @@ def diagnostics_log_cfg(log_processor, runner, batch_idx):
                 for name in AVERAGED_DIAGNOSTICS)]
 
 
+# --------------------------------------------------------------------------
+# Shim 6: `mmseg::` configs under OneDL's fork.
+# mmengine resolves `_base_ = ['mmseg::...']` through its table
+# MODULE2PACKAGE ('mmseg' -> the distribution 'mmsegmentation') and reads
+# that distribution's files; OneDL installs the module mmseg as the
+# distribution 'onedl-mmsegmentation', which the table of onedl-mmengine
+# does not name. Where the named distribution is absent, the scope is
+# mapped to the one that provides the module.
+def _map_scopes_to_installed():
+    from importlib import metadata
+
+    from mmengine.config import utils
+    table = utils.MODULE2PACKAGE
+    for module in ('mmseg', ):
+        try:
+            metadata.distribution(table.get(module, module))
+        except metadata.PackageNotFoundError:
+            providers = metadata.packages_distributions().get(module, [])
+            if providers:
+                table[module] = providers[0]
+
+
 def apply():
     """Apply every shim; safe to call more than once."""
+    _map_scopes_to_installed()
     _patch_init_dist()
     _patch_wrap_model()
     _allow_mmengine_checkpoints()

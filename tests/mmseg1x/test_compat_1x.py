@@ -65,6 +65,76 @@ def test_a_record_cannot_rebind_a_statistic(tmp_path, monkeypatch):
     assert HistoryBuffer._statistics_methods['mean'] is HistoryBuffer.mean
 
 
+def test_mmengine_loaders_refuse_a_forged_record_without_a_retry(
+        tmp_path, monkeypatch):
+    # onedl-mmengine's loader retried a refused file with
+    # weights_only=False, which unpickled the forged record unchecked.
+    from mmengine.runner import CheckpointLoader
+    path = str(tmp_path / 'forged.pth')
+    with monkeypatch.context() as m:
+        m.setitem(HistoryBuffer._statistics_methods, 'mean',
+                  HistoryBuffer.max)
+        save_record(path)
+    modes, load = [], torch.load
+
+    def recorded_load(*args, **kwargs):
+        modes.append(kwargs.get('weights_only'))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', recorded_load)
+    with pytest.raises(pickle.UnpicklingError, match="'mean'"):
+        CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    assert modes and False not in modes, modes
+    assert HistoryBuffer._statistics_methods['mean'] is HistoryBuffer.mean
+
+
+def test_a_loader_of_the_onedl_kind_is_replaced(tmp_path, monkeypatch):
+    from mmengine.runner import checkpoint
+
+    from sar.mmseg1x import compat
+
+    def retrying_load(file, map_location=None, weights_only=None):
+        return torch.load(file, map_location=map_location, weights_only=False)
+
+    monkeypatch.setattr(checkpoint, '_safe_torch_load', retrying_load,
+                        raising=False)
+    compat.apply()
+    assert checkpoint._safe_torch_load is compat.weights_only_load
+    path = str(tmp_path / 'hub.pth')
+    save_record(path)
+    ckpt = checkpoint._safe_torch_load(path, map_location='cpu')
+    assert ckpt['message_hub']['log_scalars']['loss'].mean() == \
+        pytest.approx(0.375)
+    torch.save(dict(model=torch.nn.Linear(1, 1)), path)  # not weights
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoint._safe_torch_load(path)
+    # A caller's explicit choice stays theirs.
+    assert isinstance(checkpoint._safe_torch_load(
+        path, weights_only=False)['model'], torch.nn.Linear)
+
+
+def test_the_mmseg_scope_maps_to_the_installed_distribution(monkeypatch):
+    # OneDL installs the module mmseg as 'onedl-mmsegmentation', and
+    # onedl-mmengine's table names 'mmsegmentation': `mmseg::` configs
+    # failed to inherit.
+    from importlib import metadata
+
+    from mmengine.config import Config, utils
+
+    from sar.mmseg1x import compat
+    provider = metadata.packages_distributions()['mmseg'][0]
+    monkeypatch.setitem(utils.MODULE2PACKAGE, 'mmseg', 'no-such-dist')
+    compat.apply()
+    assert utils.MODULE2PACKAGE['mmseg'] == provider
+    assert Config.fromstring(
+        "_base_ = ['mmseg::_base_/default_runtime.py']", '.py'
+    ).default_scope == 'mmseg'
+    # A table that names an installed distribution is left alone.
+    monkeypatch.setitem(utils.MODULE2PACKAGE, 'mmseg', provider)
+    compat.apply()
+    assert utils.MODULE2PACKAGE['mmseg'] == provider
+
+
 def save_forged_record(path, monkeypatch, **extra):
     """A record whose pickled state carries ``extra`` entries besides its
     data and the (true) statistics table: what a forged checkpoint holds."""
