@@ -29,13 +29,17 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['sar', 'sar.*']),
     python_requires='>=3.8',
-    # Either generation: 0.30 (the last 0.x) or 1.2-1.4; 1.0 and 1.1 are
-    # not supported. OneDL's fork installs the same modules under another
-    # name: install sar there with --no-deps.
-    install_requires=[
-        'mmsegmentation>=0.30.0,!=1.0.*,!=1.1.*,<1.5', 'numpy', 'prettytable'
-    ],
+    # mmseg is not required: the core, sar.transformers and sar.smp run
+    # without it, and OneDL's fork installs the module mmseg under another
+    # distribution name (requiring 'mmsegmentation' there would install a
+    # second mmseg over it). `import sar` checks the installed generation's
+    # versions (sar/version.py).
+    install_requires=['numpy', 'prettytable'],
     extras_require={
+        # Either generation: 0.30 (the last 0.x) or 1.2-1.4; 1.0 and 1.1
+        # are not supported.
+        'mmseg': ['mmsegmentation>=0.30.0,!=1.0.*,!=1.1.*,<1.5'],
+        'onedl': ['onedl-mmsegmentation>=1.4,<1.5'],
         'tests': ['pytest', 'pytest-xdist>=3.8'],
         # sar.transformers and sar.smp (requirements/frameworks.txt)
         'transformers': ['transformers>=5.24,<6', 'accelerate>=1.16'],

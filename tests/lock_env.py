@@ -1,5 +1,6 @@
 """The project's environments against their locks; both suites check their
-own (.venv: requirements/lock/mmseg0.txt, .venv-mmseg1: mmseg1.txt)."""
+own (.venv: requirements/lock/mmseg0.txt, .venv-mmseg1: mmseg1.txt,
+.venv-onedl: onedl.txt)."""
 import os.path as osp
 import subprocess
 import sys

@@ -98,8 +98,8 @@ def test_the_carried_set_is_the_device_lock_less_the_twin(tmp_path):
 
 
 def test_every_lock_pins_every_entry_with_hashes():
-    for name in ('mmseg0', 'mmseg1', 'build', 'uv', 'device-twin',
-                 'device'):
+    for name in ('mmseg0', 'mmseg1', 'onedl', 'build', 'build-onedl', 'uv',
+                 'device-twin', 'device'):
         with open(osp.join(LOCKS, f'{name}.txt')) as f:
             found = list(locks.blocks(f))
         assert found, name
@@ -110,6 +110,7 @@ def test_every_lock_pins_every_entry_with_hashes():
 @pytest.mark.parametrize('lock, inputs', [
     ('mmseg0.txt', ['tests.txt', 'frameworks.txt', 'constraints.txt']),
     ('mmseg1.txt', ['mmseg1.txt', 'test-tools.txt', 'demo.txt']),
+    ('onedl.txt', ['onedl.txt', 'test-tools.txt', 'demo.txt']),
     ('device.txt', ['device.txt', 'device-twin.txt', 'constraints.txt']),
     ('device-twin.txt', ['device-twin.txt']),
 ])
@@ -135,6 +136,11 @@ def test_the_set_up_scripts_install_the_locked_versions():
     # mmcv's own requirements come from the lock (its wheel goes in with
     # --no-deps): mmcv 2.1.0 needs mmengine.
     assert 'mmengine' in pins('mmseg1.txt')
+    assert 'onedl-mmengine' in pins('onedl.txt')
+    # OneDL's stack takes the same modules from its own distributions, the
+    # upstream ones would shadow them.
+    assert not {'mmengine', 'mmsegmentation', 'mmcv'} & set(pins('onedl.txt'))
+    assert pins('onedl.txt')['torch'] == pins('mmseg1.txt')['torch']
     assert pins('device-twin.txt')['torch'] == \
         loose('device-twin.txt')['torch'].split('==')[1]
 

@@ -5,8 +5,9 @@
 #   build_mmcv_wheel RUNTIME_PY DEST [PACKAGE [VERSION]]
 #
 # Leaves PACKAGE-VERSION-*.whl (with _ for -: mmcv_full-1.7.2-*.whl,
-# mmcv-2.1.0-*.whl) in DEST. PACKAGE defaults to mmcv-full (mmseg 0.x) and
-# VERSION to $MMCV_VERSION; mmcv 2.x (mmseg 1.x) is the package "mmcv".
+# mmcv-2.1.0-*.whl, onedl_mmcv-2.3.6-*.whl) in DEST. PACKAGE defaults to
+# mmcv-full (mmseg 0.x) and VERSION to $MMCV_VERSION; mmcv 2.x (mmseg 1.x)
+# is the package "mmcv", OneDL's fork of it "onedl-mmcv".
 # Needs ROOT (the clone), WHEEL_CACHE (the sdist is kept in $WHEEL_CACHE/sdist) and a `log`
 # function. Compiles the CPU ops unless the interpreter's torch sees a GPU and
 # nvcc is on the PATH (FORCE_CUDA=0 forces CPU ops); MAX_JOBS sets the
@@ -21,17 +22,27 @@
 # build venv with --no-build-isolation: pip prepares the sdist's metadata
 # even to download it, and an isolated build gets a setuptools without
 # pkg_resources.)
+#
+# onedl-mmcv 2.3.6 is the other way round: its pyproject.toml asks for
+# setuptools>=80 and its setup.py does not import pkg_resources; its tools
+# are requirements/lock/build-onedl.txt.
+_build_lock() {
+    case "$1" in
+        onedl-mmcv) echo "$ROOT/requirements/lock/build-onedl.txt" ;;
+        *) echo "$ROOT/requirements/lock/build.txt" ;;
+    esac
+}
+
 _make_build_venv() {
-    local runtime_py="$1" dir="$2" base purelib
+    local runtime_py="$1" dir="$2" lock="$3" base purelib
     base="$("$runtime_py" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
     "$base" -m venv "$dir"
     purelib="$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     "$runtime_py" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith(("site-packages", "dist-packages"))))' \
         > "$purelib/sar_runtime.pth"
-    # requirements/lock/build.txt: setuptools<70, wheel and ninja.
+    # requirements/lock/build*.txt: setuptools, wheel and ninja.
     "$dir/bin/python" -m pip --disable-pip-version-check -q install \
-        --no-warn-conflicts --require-hashes --no-deps \
-        -r "$ROOT/requirements/lock/build.txt"
+        --no-warn-conflicts --require-hashes --no-deps -r "$lock"
 }
 
 build_mmcv_wheel() {
@@ -39,13 +50,20 @@ build_mmcv_wheel() {
     local build sdist src
     [ -n "$version" ] || { echo "build_mmcv_wheel: no version for $pkg" >&2; return 2; }
     build="$(mktemp -d)"
-    _make_build_venv "$runtime_py" "$build/venv"
+    _make_build_venv "$runtime_py" "$build/venv" "$(_build_lock "$pkg")"
     local bpip=("$build/venv/bin/python" -m pip --disable-pip-version-check -q)
-    sdist="$WHEEL_CACHE/sdist/$pkg-$version.tar.gz"
-    if [ ! -f "$sdist" ]; then
+    # Older sdists keep the distribution's name (mmcv-full-1.7.2.tar.gz),
+    # newer ones normalise it (onedl_mmcv-2.3.6.tar.gz), and the folder
+    # inside is named as the file.
+    sdist="$(ls "$WHEEL_CACHE/sdist/$pkg-$version.tar.gz" \
+        "$WHEEL_CACHE/sdist/${pkg//-/_}-$version.tar.gz" 2>/dev/null | head -n1 || true)"
+    if [ -z "$sdist" ]; then
         mkdir -p "$WHEEL_CACHE/sdist"
         "${bpip[@]}" download --no-deps --no-build-isolation --no-binary :all: \
             -d "$WHEEL_CACHE/sdist" "$pkg==$version"
+        sdist="$(ls "$WHEEL_CACHE/sdist/$pkg-$version.tar.gz" \
+            "$WHEEL_CACHE/sdist/${pkg//-/_}-$version.tar.gz" 2>/dev/null | head -n1 || true)"
+        [ -n "$sdist" ] || { echo "build_mmcv_wheel: no sdist of $pkg $version downloaded" >&2; return 1; }
     fi
     # The sdist's hash is kept beside the locks (the index's, in sha256sum's
     # format); `make lock` does not write it: a new mmcv version adds its line.
@@ -61,7 +79,7 @@ build_mmcv_wheel() {
         return 1
     fi
     tar -xzf "$sdist" -C "$build"
-    src="$build/$pkg-$version"
+    src="$build/$(basename "$sdist" .tar.gz)"
     # torch >= 2.10 headers use C++20 features; mmcv forces -std=c++17
     # (mmcv-full 1.7.2, for the host compiler and for nvcc alike) or
     # -std=c++14 (mmcv 2.1.0's CUDA flags and the old-torch branches): raise

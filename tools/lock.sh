@@ -6,14 +6,15 @@
 # follows from one that moved. To bump a dependency: edit requirements/,
 # `make lock`, `make test`, commit both.
 #
-#   bash tools/lock.sh [LOCK ...]    LOCK: mmseg0 mmseg1 build uv device-twin device
+#   bash tools/lock.sh [LOCK ...]    LOCK: mmseg0 mmseg1 onedl build build-onedl uv
+#                                    device-twin device
 #                                    (default: all, in that order)
 #   UPGRADE=1 bash tools/lock.sh     every pin to the newest its requirements allow
 #
 # Each lock is for one interpreter and platform, the one its environment is
-# made with: .venv and .venv-mmseg1 CPython 3.11 on x86-64 Linux, the GPU
-# machine's twin and carried set CPython 3.12 there; the build tools and uv
-# resolve for any platform (--universal).
+# made with: .venv, .venv-mmseg1 and .venv-onedl CPython 3.11 on x86-64
+# Linux, the GPU machine's twin and carried set CPython 3.12 there; the
+# build tools and uv resolve for any platform (--universal).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,14 +25,15 @@ source "$ROOT/tools/_env_common.sh"
 ensure_uv
 
 LOCKS=("$@")
-[ ${#LOCKS[@]} -gt 0 ] || LOCKS=(mmseg0 mmseg1 build uv device-twin device)
+[ ${#LOCKS[@]} -gt 0 ] || LOCKS=(mmseg0 mmseg1 onedl build build-onedl uv device-twin device)
 cd "$ROOT/requirements/lock"
 for lock in "${LOCKS[@]}"; do
     case "$lock" in
-        mmseg0|mmseg1) target=(--python-version 3.11 --python-platform x86_64-manylinux_2_28) ;;
+        mmseg0|mmseg1|onedl) target=(--python-version 3.11 --python-platform x86_64-manylinux_2_28) ;;
         device-twin|device) target=(--python-version 3.12 --python-platform x86_64-manylinux_2_28) ;;
         build|uv) target=(--universal --python-version 3.8) ;;
-        *) echo "lock.sh: no lock named $lock (mmseg0 mmseg1 build uv device-twin device)" >&2; exit 2 ;;
+        build-onedl) target=(--universal --python-version 3.10) ;;  # onedl-mmcv's floor
+        *) echo "lock.sh: no lock named $lock (mmseg0 mmseg1 onedl build build-onedl uv device-twin device)" >&2; exit 2 ;;
     esac
     upgrade=()
     [ "${UPGRADE:-0}" = 1 ] && upgrade=(--upgrade)

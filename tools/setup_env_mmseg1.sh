@@ -51,13 +51,28 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV_MMSEG1:-$ROOT/.venv-mmseg1}"
+# SAR_MMSEG1_STACK=onedl (`make install-onedl`): OneDL's maintained fork of
+# the same modules, onedl-mmcv 2.3.6 / onedl-mmengine / onedl-mmsegmentation
+# (requirements/onedl.txt), in .venv-onedl (VENV_ONEDL).
+case "${SAR_MMSEG1_STACK:-upstream}" in
+    upstream)
+        VENV="${VENV_MMSEG1:-$ROOT/.venv-mmseg1}"
+        DIST_PREFIX=; MMCV_VERSION=2.1.0; NAME=mmseg1
+        # mmengine 0.10.7 needs pkg_resources (below); onedl-mmengine not.
+        EXTRA_IMPORTS=', pkg_resources' ;;
+    onedl)
+        VENV="${VENV_ONEDL:-$ROOT/.venv-onedl}"
+        DIST_PREFIX=onedl-; MMCV_VERSION=2.3.6; NAME=onedl; EXTRA_IMPORTS= ;;
+    *)
+        echo "setup_env_mmseg1: SAR_MMSEG1_STACK is upstream or onedl, not '$SAR_MMSEG1_STACK'" >&2
+        exit 2 ;;
+esac
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
-MMCV_PACKAGE=mmcv
-MMCV_VERSION=2.1.0
-MMENGINE_VERSION="$(sed -n 's/^mmengine==//p' "$ROOT/requirements/mmseg1.txt")"
-MMSEG_VERSION="$(sed -n 's/^mmsegmentation==//p' "$ROOT/requirements/mmseg1.txt")"
+MMCV_PACKAGE="${DIST_PREFIX}mmcv"
+REQUIREMENTS="$ROOT/requirements/$NAME.txt"
+MMENGINE_VERSION="$(sed -n "s/^${DIST_PREFIX}mmengine==//p" "$REQUIREMENTS")"
+MMSEG_VERSION="$(sed -n "s/^${DIST_PREFIX}mmsegmentation==//p" "$REQUIREMENTS")"
 WHEEL_CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sar/wheels}"
 LOCAL_CACHE="$ROOT/.cache/wheels"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
@@ -68,7 +83,7 @@ log() { printf '[setup_env_mmseg1] %s\n' "$*"; }
 source "$ROOT/tools/_env_common.sh"
 open_venv "$VENV"
 
-LOCK="$ROOT/requirements/lock/mmseg1.txt"
+LOCK="$ROOT/requirements/lock/$NAME.txt"
 
 # shellcheck source=tools/_mmcv_wheel.sh
 source "$ROOT/tools/_mmcv_wheel.sh"
@@ -87,10 +102,10 @@ if [ "${SAR_SYSTEM_SITE:-0}" = 1 ]; then
     fi
     # 3. mmengine, mmsegmentation, this package and the test tools.
     if ! has -c "import mmengine, mmseg, sys; sys.exit((mmengine.__version__, mmseg.__version__) != ('$MMENGINE_VERSION', '$MMSEG_VERSION'))" \
-       || ! has -c 'import sklearn, matplotlib, ftfy, regex, pkg_resources' \
+       || ! has -c "import sklearn, matplotlib, ftfy, regex$EXTRA_IMPORTS" \
        || ! test_tools_ok || ! sar_is_this_clone; then
-        log "installing mmengine $MMENGINE_VERSION, mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
-        "${PIP[@]}" install -r "$ROOT/requirements/mmseg1.txt" \
+        log "installing ${DIST_PREFIX}mmengine $MMENGINE_VERSION, ${DIST_PREFIX}mmsegmentation $MMSEG_VERSION, sar (editable) and the test and demo requirements"
+        "${PIP[@]}" install -r "$REQUIREMENTS" \
             -r "$ROOT/requirements/test-tools.txt" -r "$ROOT/requirements/demo.txt"
         "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
     fi
@@ -100,13 +115,14 @@ else
     install_locked "$LOCK" "$MMCV_PACKAGE" "$MMCV_VERSION" mmcv_ok
 fi
 
-# 4. The check of the whole stack, which also says what is there.
+# 4. The check of the whole stack, which also says what is there (its last
+# line: OneDL's mmseg prints "Could not import OneDL" on import).
 if ! READY="$(cd "$EMPTY" && "$PY" -c '
 import torch, mmcv, mmcv.ops, mmengine, mmseg
 from mmseg.utils import register_all_modules
 register_all_modules()
 print("torch", torch.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "mmseg", mmseg.__version__)
-' 2>"$EMPTY/err")"; then
+' 2>"$EMPTY/err" | tail -n 1)"; then
     tail -n 20 "$EMPTY/err" >&2
     echo "setup_env_mmseg1: mmseg 1.x does not import in $VENV" >&2
     exit 1

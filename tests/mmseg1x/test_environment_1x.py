@@ -1,7 +1,13 @@
-"""The 1.x environment is exactly its lock (requirements/lock/mmseg1.txt)."""
+"""The 1.x environments are exactly their locks: .venv-mmseg1
+requirements/lock/mmseg1.txt, .venv-onedl (OneDL's fork) onedl.txt."""
+import pytest
 from lock_env import assert_environment_is_its_lock, project_venv_or_skip
 
 
-def test_the_environment_is_exactly_its_lock():
-    project_venv_or_skip('.venv-mmseg1')
-    assert_environment_is_its_lock('mmseg1.txt', 'mmcv')
+@pytest.mark.parametrize('venv,lock,mmcv', [
+    ('.venv-mmseg1', 'mmseg1.txt', 'mmcv'),
+    ('.venv-onedl', 'onedl.txt', 'onedl-mmcv'),
+])
+def test_the_environment_is_exactly_its_lock(venv, lock, mmcv):
+    project_venv_or_skip(venv)
+    assert_environment_is_its_lock(lock, mmcv)
