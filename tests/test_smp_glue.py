@@ -383,6 +383,15 @@ def test_demo_loop_trains_and_predicts():
                            dtype=torch.uint8).numpy()
     labels = torch.randint(0, C, (4, 32, 32), generator=rng,
                            dtype=torch.uint8).numpy()
-    pred = train_fpn((images, labels), images[:2], C, use_sar=True, steps=2,
-                     batch_size=2)
-    assert pred.shape == (2, 32, 32) and pred.max() < C
+    for optimizer in ('sgd', 'adam'):
+        pred, log = train_fpn((images, labels), images[:2], C, use_sar=True,
+                              steps=3, batch_size=2, optimizer=optimizer,
+                              log_every=2)
+        assert pred.shape == (2, 32, 32) and pred.max() < C
+        # One entry per two steps and one for the last: means of SAR's
+        # entries over the steps since the one before.
+        assert [e['iter'] for e in log] == [2, 3]
+        assert {'loss', 'loss_sar_pull', 'sar.gate_open'} <= set(log[0])
+    with pytest.raises(ValueError, match='sgd'):
+        train_fpn((images, labels), images[:2], C, use_sar=False, steps=1,
+                  optimizer='lamb')

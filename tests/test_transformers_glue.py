@@ -499,6 +499,10 @@ def test_demo_trainer_trains_and_predicts(tmp_path):
                            dtype=torch.uint8).numpy()
     labels = torch.randint(0, C, (4, 32, 32), generator=rng,
                            dtype=torch.uint8).numpy()
-    pred = train_segformer((images, labels), images[:2], C, use_sar=True,
-                           steps=2, out_dir=str(tmp_path), batch_size=2)
+    pred, log = train_segformer((images, labels), images[:2], C,
+                                use_sar=True, steps=2, out_dir=str(tmp_path),
+                                batch_size=2, log_every=1)
     assert pred.shape == (2, 32, 32) and pred.max() < C
+    # Trainer's logs as the callbacks see them: with SAR's entries.
+    assert [e['iter'] for e in log] == [1, 2]
+    assert {'loss', 'loss_sar_pull', 'sar.gate_open'} <= set(log[0])

@@ -29,9 +29,32 @@ def small_fpn(num_classes):
                    decoder_segmentation_channels=32)
 
 
+OPTIMIZERS = ('sgd', 'adam')
+
+
+def build_optimizer(params, name, steps):
+    """The demo's optimizer and per-step schedule.
+
+    'sgd': what ``make demo`` and the paper use, SGD lr 0.05, momentum 0.9,
+    weight decay 5e-4, poly decay (power 0.9). 'adam': Adam lr 1e-3,
+    linear decay.
+    """
+    if name == 'sgd':
+        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9,
+                                    weight_decay=5e-4)
+        decay = lambda step: (1 - step / steps)**0.9  # noqa: E731
+    elif name == 'adam':
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+        decay = lambda step: 1 - step / steps  # noqa: E731
+    else:
+        raise ValueError(f'optimizer is one of {OPTIMIZERS}, not {name!r}')
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+
+
 def train_fpn(train, val_images, num_classes, use_sar, steps, seed=0,
-              batch_size=8, lr=1e-3, ignore_index=255, **sar_settings):
-    """Train a small FPN with Adam; its predictions on the validation set.
+              batch_size=8, optimizer='sgd', ignore_index=255, log_every=50,
+              **sar_settings):
+    """Train a small FPN; its predictions on the validation set.
 
     Args:
         train (tuple): images (N, S, S, 3) uint8, labels (N, S, S) uint8.
@@ -40,34 +63,45 @@ def train_fpn(train, val_images, num_classes, use_sar, steps, seed=0,
         use_sar (bool): wrap the model in SARModel (paper defaults, then
             ``sar_settings``).
         steps (int): optimizer steps.
+        optimizer (str): 'sgd' or 'adam' (:func:`build_optimizer`).
+        log_every (int): steps averaged into one log entry.
 
     Returns:
-        ndarray: (M, S, S) int64 predicted classes.
+        tuple: (M, S, S) int64 predicted classes, and the log: a dict per
+        ``log_every`` steps with ``iter`` (the last step), ``loss`` and,
+        with SAR, SAR's entries, each the mean over those steps.
     """
     torch.manual_seed(seed)
     model = small_fpn(num_classes)
     if use_sar:
         model = SARModel(model, ignore_index=ignore_index, **sar_settings)
     images, labels = to_tensors(*train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1 - step / steps)
+    optimizer, schedule = build_optimizer(model.parameters(), optimizer,
+                                          steps)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
+    log, sums = [], {}
+    for step in range(1, steps + 1):
         idx = torch.randint(0, len(labels), (batch_size, ), generator=g)
         x, y = images[idx], labels[idx]
         if use_sar:
             output, sar = model(x, y)
         else:
-            output, sar = model(x), dict(loss=0.0)
+            output, sar = model(x), dict(loss=torch.zeros(()))
         loss = F.cross_entropy(output, y, ignore_index=ignore_index) + \
-            sar['loss']
+            sar.pop('loss')
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    return predict(model, val_images)
+        for key, value in dict(sar, loss=loss).items():
+            sums[key] = sums.get(key, 0.0) + value.detach()
+        if step % log_every == 0 or step == steps:
+            count = (step - 1) % log_every + 1
+            log.append(dict(iter=step, **{k: float(v) / count
+                                          for k, v in sums.items()}))
+            sums = {}
+    return predict(model, val_images), log
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import (SegformerConfig, SegformerForSemanticSegmentation,
-                          Trainer, TrainingArguments)
+                          Trainer, TrainerCallback, TrainingArguments)
 
 from .callback import SARLogCallback
 from .sar_model import add_sar
@@ -35,6 +35,19 @@ class _Scenes(torch.utils.data.Dataset):
         return dict(pixel_values=self.images[i], labels=self.labels[i])
 
 
+class _Recorder(TrainerCallback):
+    """Keeps each training log as the callbacks see it (after
+    SARLogCallback added SAR's entries; Trainer's ``log_history`` holds
+    the log from before the callbacks)."""
+
+    def __init__(self):
+        self.entries = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and 'loss' in logs:
+            self.entries.append(dict(logs, iter=state.global_step))
+
+
 def small_segformer(num_labels, ignore_index=255):
     """A MiT-like SegFormer of about 0.3M parameters, randomly initialised.
 
@@ -49,7 +62,8 @@ def small_segformer(num_labels, ignore_index=255):
 
 
 def train_segformer(train, val_images, num_labels, use_sar, steps,
-                    out_dir, seed=0, batch_size=8, lr=6e-4, **sar_settings):
+                    out_dir, seed=0, batch_size=8, lr=6e-4, log_every=50,
+                    **sar_settings):
     """Train a small SegFormer; its predictions on the validation images.
 
     Args:
@@ -59,9 +73,13 @@ def train_segformer(train, val_images, num_labels, use_sar, steps,
         use_sar (bool): add SAR (paper defaults, then ``sar_settings``).
         steps (int): optimizer steps.
         out_dir (str): Trainer's output folder.
+        log_every (int): Trainer's ``logging_steps``.
 
     Returns:
-        ndarray: (M, S, S) int64 predicted classes.
+        tuple: (M, S, S) int64 predicted classes, and the log: Trainer's
+        training logs as its callbacks see them, each with ``iter`` (its
+        step), ``loss`` and, with SAR, SAR's entries
+        (:class:`SARLogCallback`), means since the last log.
     """
     torch.manual_seed(seed)
     model = small_segformer(num_labels)
@@ -70,13 +88,14 @@ def train_segformer(train, val_images, num_labels, use_sar, steps,
     args = TrainingArguments(
         output_dir=out_dir, max_steps=steps, learning_rate=lr,
         per_device_train_batch_size=batch_size, lr_scheduler_type='linear',
-        warmup_steps=min(50, steps // 10), logging_steps=max(1, steps // 5),
+        warmup_steps=min(50, steps // 10), logging_steps=log_every,
         save_strategy='no', report_to=[], use_cpu=True, seed=seed,
         dataloader_num_workers=0, disable_tqdm=True)
+    recorder = _Recorder()
     trainer = Trainer(model=model, args=args, train_dataset=_Scenes(*train),
-                      callbacks=[SARLogCallback()] if use_sar else [])
+                      callbacks=[SARLogCallback()] * use_sar + [recorder])
     trainer.train()
-    return predict(model, val_images)
+    return predict(model, val_images), recorder.entries
 
 
 @torch.no_grad()
