@@ -21,7 +21,8 @@ import warnings
 
 import torch
 
-from ..checkpoints.safe_load import allow_records_in_checkpoints
+from ..checkpoints.safe_load import (allow_records_in_checkpoints,
+                                     named_entries_supported)
 from ..version import SUPPORTED_MMSEG1, out_of_range
 
 INSTALL_HINT = ('make install-mmseg1 (or tools/setup_env_mmseg1.sh) builds a '
@@ -245,8 +246,10 @@ def check_history_buffer_state(state, history_buffer, array_type):
 def weights_only_load(file, map_location=None, weights_only=None):
     """Stands in for onedl-mmengine's ``_safe_torch_load``.
 
-    OneDL's loader (every scheme of its CheckpointLoader) runs
-    ``torch.load`` inside ``safe_globals`` of its own list, which adds
+    OneDL's loader (the local-file, backend and local ``open-mmlab://``
+    schemes of its CheckpointLoader; URLs go through torch.hub, untouched
+    here) runs ``torch.load`` inside ``safe_globals`` of its own list, which
+    adds
     mmengine's unchecked ``HistoryBuffer`` and a plain ``getattr`` beside
     this glue's checked ones (which wins is the order of a set), removes
     the glue's entries when it exits, and on an UnpicklingError loads the
@@ -258,6 +261,10 @@ def weights_only_load(file, map_location=None, weights_only=None):
     if weights_only is not None:
         return torch.load(file, map_location=map_location,
                           weights_only=weights_only)
+    if not named_entries_supported():
+        # torch < 2.6 cannot take the records' entries, and mmengine does
+        # not load weights-only there: as OneDL does.
+        return torch.load(file, map_location=map_location)
     allow_records_in_checkpoints(checked_history_buffer())
     return torch.load(file, map_location=map_location, weights_only=True)
 

@@ -85,7 +85,9 @@ def test_mmengine_loaders_refuse_a_forged_record_without_a_retry(
     with pytest.raises(pickle.UnpicklingError, match="'mean'"):
         CheckpointLoader.load_checkpoint(path, map_location='cpu')
     assert modes and False not in modes, modes
-    assert HistoryBuffer._statistics_methods['mean'] is HistoryBuffer.mean
+    # (the table fills on first use: absent or true, never the forged one)
+    assert HistoryBuffer._statistics_methods.get(
+        'mean', HistoryBuffer.mean) is HistoryBuffer.mean
 
 
 def test_a_loader_of_the_onedl_kind_is_replaced(tmp_path, monkeypatch):
@@ -111,6 +113,19 @@ def test_a_loader_of_the_onedl_kind_is_replaced(tmp_path, monkeypatch):
     # A caller's explicit choice stays theirs.
     assert isinstance(checkpoint._safe_torch_load(
         path, weights_only=False)['model'], torch.nn.Linear)
+
+
+def test_below_torch_2_6_the_replaced_loader_loads_as_mmengine_did(
+        monkeypatch):
+    # torch 2.4 and 2.5 take no named allow-list entries: records could not
+    # load weights-only there.
+    from sar.mmseg1x import compat
+    calls = []
+    monkeypatch.setattr(compat, 'named_entries_supported', lambda: False)
+    monkeypatch.setattr(torch, 'load',
+                        lambda *args, **kwargs: calls.append(kwargs))
+    compat.weights_only_load('ckpt.pth', map_location='cpu')
+    assert calls == [dict(map_location='cpu')]
 
 
 def test_the_mmseg_scope_maps_to_the_installed_distribution(monkeypatch):
