@@ -93,3 +93,15 @@ def test_the_report_scores_both_predictions_and_ends_with_the_line(
     assert base['mIoU'] < 1  # the val split holds a 9: the two differ
     assert any('anchor gate first open by step 100' in line and
                'last pull loss 0.2500' in line for line in out)
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['transformers', '--optimizer', 'adam'], '--optimizer is for smp'),
+    (['smp', '--num-train', '20'], 'would rewrite the data of `make demo`'),
+])
+def test_arguments_that_would_mislead_are_refused(argv, says, capsys):
+    tool = load_tool()
+    with pytest.raises(SystemExit):
+        tool.parse_args(argv)
+    assert says in capsys.readouterr().err
+    assert tool.parse_args(['smp']).optimizer == 'sgd'

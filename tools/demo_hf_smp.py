@@ -41,8 +41,8 @@ def parse_args(argv=None):
                         '9000 for transformers, 3000 for smp)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--optimizer', choices=['sgd', 'adam'],
-                        default='sgd', help='smp only: the optimizer of the '
-                        'plain loop (sar.smp.demo.build_optimizer)')
+                        help='smp only: the optimizer of the plain loop '
+                        '(sar.smp.demo.build_optimizer; default sgd)')
     parser.add_argument('--data-dir', default='data/digitscenes-lt',
                         help='DigitScenes-LT, written there once (default: '
                         'the data of `make demo`)')
@@ -60,6 +60,14 @@ def parse_args(argv=None):
                         help='train this one only, in this process (what '
                         'the demo starts for each)')
     args = parser.parse_args(argv)
+    if args.optimizer and args.framework != 'smp':
+        parser.error('--optimizer is for smp; the transformers demo uses '
+                     "Trainer's own (AdamW)")
+    args.optimizer = args.optimizer or 'sgd'
+    if (args.num_train or args.num_val) and \
+            args.data_dir == parser.get_default('data_dir'):
+        parser.error('--num-train / --num-val would rewrite the data of '
+                     '`make demo`: give another --data-dir')
     if args.steps is None:
         args.steps = STEPS[args.framework]
     if args.work_dir is None:
@@ -102,9 +110,21 @@ def train_one(args):
 
 
 def train_all(args, start):
-    """Each method in its own process, ``args.jobs`` at a time."""
+    """Each method in its own process, ``args.jobs`` at a time; if one
+    fails, the others are stopped."""
+    running = {}
+    try:
+        _train_all(args, start, running)
+    finally:
+        for proc, _ in running.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+
+def _train_all(args, start, running):
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
-    pending, running = list(METHODS), {}
+    pending = list(METHODS)
     while pending or running:
         while pending and len(running) < args.jobs:
             method = pending.pop(0)

@@ -32,19 +32,19 @@ def small_fpn(num_classes):
 OPTIMIZERS = ('sgd', 'adam')
 
 
-def build_optimizer(params, name, steps):
+def build_optimizer(params, name, steps, lr=None):
     """The demo's optimizer and per-step schedule.
 
     'sgd': what ``make demo`` and the paper use, SGD lr 0.05, momentum 0.9,
     weight decay 5e-4, poly decay (power 0.9). 'adam': Adam lr 1e-3,
-    linear decay.
+    linear decay. ``lr`` replaces the learning rate.
     """
     if name == 'sgd':
-        optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9,
+        optimizer = torch.optim.SGD(params, lr=lr or 0.05, momentum=0.9,
                                     weight_decay=5e-4)
         decay = lambda step: (1 - step / steps)**0.9  # noqa: E731
     elif name == 'adam':
-        optimizer = torch.optim.Adam(params, lr=1e-3)
+        optimizer = torch.optim.Adam(params, lr=lr or 1e-3)
         decay = lambda step: 1 - step / steps  # noqa: E731
     else:
         raise ValueError(f'optimizer is one of {OPTIMIZERS}, not {name!r}')
@@ -52,8 +52,8 @@ def build_optimizer(params, name, steps):
 
 
 def train_fpn(train, val_images, num_classes, use_sar, steps, seed=0,
-              batch_size=8, optimizer='sgd', ignore_index=255, log_every=50,
-              **sar_settings):
+              batch_size=8, optimizer='sgd', lr=None, ignore_index=255,
+              log_every=50, **sar_settings):
     """Train a small FPN; its predictions on the validation set.
 
     Args:
@@ -64,6 +64,8 @@ def train_fpn(train, val_images, num_classes, use_sar, steps, seed=0,
             ``sar_settings``).
         steps (int): optimizer steps.
         optimizer (str): 'sgd' or 'adam' (:func:`build_optimizer`).
+        lr (float, optional): the optimizer's learning rate instead of
+            its default.
         log_every (int): steps averaged into one log entry.
 
     Returns:
@@ -77,7 +79,7 @@ def train_fpn(train, val_images, num_classes, use_sar, steps, seed=0,
         model = SARModel(model, ignore_index=ignore_index, **sar_settings)
     images, labels = to_tensors(*train)
     optimizer, schedule = build_optimizer(model.parameters(), optimizer,
-                                          steps)
+                                          steps, lr)
     g = torch.Generator().manual_seed(seed)
     model.train()
     log, sums = [], {}
