@@ -24,6 +24,9 @@
 #   TORCH_SPEC      what to pip-install when torch is missing (SAR_SYSTEM_SITE=1)
 #   MAX_JOBS        parallel compile jobs for mmcv (default: nproc)
 #   WHEEL_CACHE     where built wheels are kept
+#   SAR_MMSEG1_STACK
+#                   upstream (default) or onedl: OneDL's fork into
+#                   .venv-onedl (VENV_ONEDL), `make install-onedl`
 #
 # Traps met on the way (torch 2.14.1, Python 3.11, CPU):
 # - mmcv 2.1.0 has no wheel for this torch: it is built from its sdist, whose
