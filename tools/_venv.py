@@ -1,5 +1,5 @@
 """Run a tool under the project's ``.venv`` when started by another Python,
-and send users of mmseg 1.x from the 0.30-interface tools to mmseg's own.
+and hand ``train.py`` and ``test.py`` to mmseg's own tools under mmseg 1.x.
 
 ``python tools/train.py ...`` typed in a new shell runs the system Python,
 which has no torch; ``make install`` put everything in ``.venv``. Imported
@@ -48,43 +48,54 @@ def _arguments():
     return orig[1:] if orig else sys.argv
 
 
-# This project's tools of mmseg 0.30's interface, on mmcv 1.x's APIs.
-MMSEG0_TOOLS = ('train.py', 'test.py')
+# This project's tools that serve both generations: mmseg 0.30's interface
+# here, mmseg's own tools under 1.x (:func:`run_mmseg1_tool`).
+GENERATION_TOOLS = ('train.py', 'test.py')
 
 
-def require_mmseg_0x(tool):
-    """Stop with the right commands when mmseg 1.x is what is installed.
-
-    ``tools/train.py`` and ``tools/test.py`` are mmseg 0.30's tools, on mmcv
-    1.x's APIs; under mmseg 1.x they would fail on an mmcv import that
-    names nothing ("cannot import name 'revert_sync_batchnorm' from
-    'mmcv.cnn.utils'"). mmseg 1.x ships its own tools, which import ``sar``
-    through the configs' ``custom_imports``.
-
-    Args:
-        tool (str): this tool's file name, e.g. ``'train.py'``.
-    """
+def mmseg_1x_tools():
+    """The folder of mmseg's own tools when mmseg 1.x is installed, else
+    None (0.x, missing or broken: the tool goes on and says so itself)."""
     try:
         import mmseg
         version = mmseg.__version__
     except Exception:  # noqa: BLE001  missing or broken: the tool says so
-        return
+        return None
     if version.split('.')[0] == '0':
-        return
-    tools = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
-    launcher = 'dist_train.sh' if tool == 'train.py' else 'dist_test.sh'
-    sys.exit(
-        f'tools/{tool} is the mmseg 0.30 tool (mmcv 1.x APIs), but this '
-        f'Python ({sys.executable}) has mmseg {version}. Under mmseg 1.x, '
-        f"run mmseg's own {tool} on the 1.x configs (configs/mmseg1x/; "
-        'they import sar through custom_imports):\n'
-        f'  python {osp.join(tools, tool)} configs/mmseg1x/sar/CONFIG.py '
-        '...\n'
-        f'  bash {osp.join(tools, launcher)} configs/mmseg1x/sar/CONFIG.py '
-        '... (several processes)\n'
-        f'For the 0.x configs (configs/sar, configs/baseline), run '
-        f'tools/{tool} with the 0.x environment: .venv/bin/python '
-        f'tools/{tool} (make install builds it).')
+        return None
+    return osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
+
+
+def run_mmseg1_tool(tool, tools):
+    """Run mmseg 1.x's own ``tool`` in this process, after ``import sar``.
+
+    ``tools/train.py`` and ``tools/test.py`` implement mmseg 0.30's
+    interface on mmcv 1.x's APIs. Under mmseg 1.x they hand over to the
+    tools mmseg ships (``mmseg/.mim/tools``), with the same arguments. sar
+    is imported first: mmseg's tools read the config, ``mmseg::`` bases
+    included, before its ``custom_imports`` run, and under OneDL's fork
+    those bases resolve only with the glue's scope mapping in place
+    (:func:`sar.mmseg1x.compat.apply`). Never returns.
+
+    Args:
+        tool (str): this tool's file name, e.g. ``'train.py'``.
+        tools (str): the folder of mmseg's own tools.
+    """
+    script = osp.join(tools, tool)
+    if not osp.isfile(script):
+        sys.exit(f'tools/{tool}: mmseg 1.x is installed, but {script} is '
+                 "missing: reinstall mmseg (its wheel ships its tools in "
+                 "mmseg/.mim/tools).")
+    if tool == 'test.py' and '--eval' in sys.argv:
+        sys.exit('tools/test.py: --eval is mmseg 0.30\'s option. Under mmseg '
+                 "1.x the config's test_evaluator computes the metrics "
+                 '(mIoU in configs/mmseg1x): drop --eval.')
+    import runpy
+
+    import sar  # noqa: F401  registers SAR, applies the 1.x glue's shims
+    sys.argv[0] = script
+    runpy.run_path(script, run_name='__main__')
+    sys.exit(0)
 
 
 def import_sar_torch_only():
@@ -111,5 +122,5 @@ def running_tool():
 
 
 use_project_venv()
-if running_tool() in MMSEG0_TOOLS:
-    require_mmseg_0x(running_tool())
+if running_tool() in GENERATION_TOOLS and mmseg_1x_tools():
+    run_mmseg1_tool(running_tool(), mmseg_1x_tools())

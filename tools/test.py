@@ -1,10 +1,13 @@
 """Test (and evaluate) a segmentor: mmseg 0.30's test.py interface.
 
+Under mmseg 1.x, the same command runs mmseg 1.x's own test.py (its
+arguments, configs/mmseg1x) after ``import sar``: see ``_venv.py``.
+
 Takes SAR checkpoints and plain ones. Runs on GPUs as mmseg does, on CPU in
 one process, and on CPU in N gloo processes via ``tools/dist_test.sh``.
 """
 import _venv  # noqa: F401  (first: re-runs under .venv if needed; under
-#               mmseg 1.x, stops and names mmseg's own tools)
+#               mmseg 1.x, imports sar and runs mmseg's own tool instead)
 import argparse
 import os
 import os.path as osp

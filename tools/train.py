@@ -1,10 +1,13 @@
 """Train a segmentor: mmseg 0.30's train.py interface, SAR configs included.
 
+Under mmseg 1.x, the same command runs mmseg 1.x's own train.py (its
+arguments, configs/mmseg1x) after ``import sar``: see ``_venv.py``.
+
 Runs on GPUs (single or distributed, as mmseg), on CPU in one process, and
 on CPU in N gloo processes (``tools/dist_train.sh CONFIG N`` without GPUs).
 """
 import _venv  # noqa: F401  (first: re-runs under .venv if needed; under
-#               mmseg 1.x, stops and names mmseg's own tools)
+#               mmseg 1.x, imports sar and runs mmseg's own tool instead)
 import argparse
 import copy
 import os.path as osp

@@ -1,20 +1,21 @@
-"""The commands of mmseg 1.x's own tools and the files they leave, for
-scripts that train and test through them (``tools/demo.py``).
+"""The commands of this project's tools under mmseg 1.x and the files they
+leave, for scripts that train and test through them (``tools/demo.py``).
 
 The same functions as :mod:`sar.mmseg0x.runs`, and the same results: the
 metrics in 0.x's evaluation-dict form, the training log as a list of
 entries with ``iter``. Paths are relative to the project root, where the
-commands run. The tools are those shipped in mmseg's package
-(``mmseg/.mim/tools``).
+commands run. Under mmseg 1.x, ``tools/train.py`` and ``tools/test.py``
+import sar and run the tools shipped in mmseg's package
+(``mmseg/.mim/tools``), whose arguments they take: with sar imported first,
+the configs' ``mmseg::`` bases resolve under OneDL's fork too.
 """
 import glob
 import json
 import os.path as osp
 
-import mmseg
 from mmengine.config import Config
 
-TOOLS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools')
+TOOLS = 'tools'
 DEMO_CONFIGS = {
     'baseline': 'configs/mmseg1x/demo/'
     'fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py',
@@ -38,7 +39,7 @@ def schedule(config):
 
 
 def train_command(config, work_dir, seed=None, iters=None):
-    """mmseg's ``tools/train.py`` without validation, deterministic;
+    """``tools/train.py`` (mmseg 1.x's) without validation, deterministic;
     ``seed`` and ``iters`` (with the poly schedule's end and a checkpoint
     there, as 0.x's poly policy follows ``max_iters``) override the
     config's."""
@@ -55,8 +56,8 @@ def train_command(config, work_dir, seed=None, iters=None):
 
 
 def test_command(config, work_dir):
-    """mmseg's ``tools/test.py`` on the run's last checkpoint; its logs go
-    to ``work_dir/test``."""
+    """``tools/test.py`` (mmseg 1.x's) on the run's last checkpoint; its
+    logs go to ``work_dir/test``."""
     return [osp.join(TOOLS, 'test.py'), config, checkpoint(work_dir),
             '--work-dir', osp.join(work_dir, 'test')]
 

@@ -20,6 +20,9 @@ PLUGINS = osp.join(ROOT, 'tests', 'plugins')
 MIM = osp.join(osp.dirname(mmseg.__file__), '.mim')
 TRAIN = osp.join(MIM, 'tools', 'train.py')
 TEST = osp.join(MIM, 'tools', 'test.py')
+# This project's: under mmseg 1.x they import sar, then run mmseg's own.
+TOOL_TRAIN = osp.join(ROOT, 'tools', 'train.py')
+TOOL_TEST = osp.join(ROOT, 'tools', 'test.py')
 PY = sys.executable
 NORM = dict(type='BN')
 

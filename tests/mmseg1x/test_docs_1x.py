@@ -110,10 +110,10 @@ def test_the_readme_1x_commands_work_as_typed(tmp_path, shapes, new_shell):
     cfg = write_config(tmp_path / 'sar.py', shapes, iters=2)
     work = tmp_path / 'work'
     script = as_typed(
-        block('README.md', 'shell', 'MMSEG_TOOLS='),
+        block('README.md', 'shell', 'source .venv-mmseg1'),
         dict(CONFIG=cfg, CHECKPOINT=str(work / 'iter_2.pth')),
-        {'$MMSEG_TOOLS/train.py': f'--work-dir {work}',
-         '$MMSEG_TOOLS/test.py': f'--work-dir {tmp_path / "eval"}'})
+        {'tools/train.py': f'--work-dir {work}',
+         'tools/test.py': f'--work-dir {tmp_path / "eval"}'})
     assert script.startswith('source .venv-mmseg1/bin/activate\n')
     out = shell(script, new_shell)
     assert '| background |' in out
@@ -125,15 +125,15 @@ def test_the_docs_1x_commands_work_as_typed(tmp_path, shapes, new_shell):
     work, dist = tmp_path / 'work', tmp_path / 'dist'
     ckpt, plain = work / 'iter_2.pth', tmp_path / 'plain.pth'
     paper = 'configs/mmseg1x/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
-    body = block('docs/mmseg1x.md', 'shell', 'MMSEG_TOOLS=')
-    assert f'$MMSEG_TOOLS/train.py {paper}' in body
+    body = block('docs/mmseg1x.md', 'shell', 'source .venv-mmseg1')
+    assert f'tools/train.py {paper}' in body
     script = as_typed(
         body.replace(f'dist_train.sh {paper} 4', f'dist_train.sh {paper} 2'),
         {paper: cfg, 'CONFIG': cfg, 'SAR_CHECKPOINT': str(ckpt),
          'PLAIN_CHECKPOINT': str(plain), 'CHECKPOINT': str(ckpt)},
-        {'$MMSEG_TOOLS/train.py': f'--work-dir {work}',
+        {'tools/train.py': f'--work-dir {work}',
          'dist_train.sh': f'--work-dir {dist}',
-         '$MMSEG_TOOLS/test.py': f'--work-dir {tmp_path / "eval"}'})
+         'tools/test.py': f'--work-dir {tmp_path / "eval"}'})
     assert 'dist_train.sh' in script and 'export_plain.py' in script
     shell(script, dict(new_shell, PORT=free_port()))
     assert osp.isfile(dist / 'iter_2.pth')

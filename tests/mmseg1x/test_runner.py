@@ -1,16 +1,17 @@
 """mmseg 1.x's own tools with SAR: train, test, two CPU ranks, resume,
 export. Every run is mmseg's shipped ``tools/train.py`` / ``tools/test.py``
 (``mmseg/.mim/tools``) in a subprocess, as a user runs them, on the shapes
-data; configs are written per test (helpers1x.write_config)."""
+data, except the two ranks: the project's ``tools/dist_train.sh``, which
+runs mmseg's train.py after ``import sar``. Configs are written per test
+(helpers1x.write_config)."""
 import glob
 import json
-import os
 import os.path as osp
 
 import pytest
 import torch
 
-from helpers1x import (PY, TEST, TRAIN, free_port, image_batch, run,
+from helpers1x import (PY, ROOT, TEST, TRAIN, free_port, image_batch, run,
                        write_config)
 
 PROBE = dict(imports=['sar_rank_probe_1x'],
@@ -177,7 +178,8 @@ def test_sar_diagnostics_are_logged_as_means_since_the_last_line(tmp_path):
 
 
 def test_dist_train_two_cpu_ranks_agree(tmp_path):
-    # mmseg's own train.py on two ranks, with a config that asks for NCCL
+    # The project's dist_train.sh on two ranks (mmseg's own train.py after
+    # ``import sar``), with a config that asks for NCCL
     # and SyncBN and has nothing of SAR's but custom_imports: compat shims
     # 1 and 2 make it run on gloo. Per-rank seeds: each rank draws its own
     # A0 at build time.
@@ -187,11 +189,9 @@ def test_dist_train_two_cpu_ranks_agree(tmp_path):
     cfg = write_config(tmp_path / 'sar.py', root, iters=8,
                        diff_rank_seed=True, **PROBE)
     work = str(tmp_path / 'work')
-    # mmseg's dist_train.sh, as the README runs it; its `python` is the
-    # suite's.
-    out = run(['bash', osp.join(osp.dirname(TRAIN), 'dist_train.sh'), cfg,
-               '2', '--work-dir', work], PORT=free_port(),
-              PATH=os.pathsep.join([osp.dirname(PY), os.environ['PATH']]))
+    # As the README runs it, with the suite's python.
+    out = run(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg, '2',
+               '--work-dir', work], PORT=free_port(), PYTHON=PY)
     assert "using the gloo backend instead of 'nccl'" in out
     r0, r1 = (torch.load(osp.join(work, f'rank{r}.pth'), weights_only=False)
               for r in range(2))

@@ -1,7 +1,8 @@
 """The baseline twins of configs/mmseg1x, used as a user compares them with
-SAR: mmseg's own tools/train.py, tools/test.py on its checkpoint and
---resume, in this environment (torch >= 2.6 reads checkpoints weights-only,
-which mmengine 0.10's own checkpoints need the glue's shim for). Each twin
+SAR: the project's tools/train.py, tools/test.py on its checkpoint and
+--resume (mmseg's own, after ``import sar``), in this environment (torch
+>= 2.6 reads checkpoints weights-only, which mmengine 0.10's own
+checkpoints need the glue's shim for). Each twin
 keeps its runtime, schedule, imports and hooks; the tiny HRNet FCN and the
 shapes data stand in for its model and data
 (helpers1x.write_twin_run_config)."""
@@ -11,7 +12,8 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from helpers1x import PY, ROOT, TEST, TRAIN, run, write_twin_run_config
+from helpers1x import (PY, ROOT, TOOL_TEST, TOOL_TRAIN, run,
+                       write_twin_run_config)
 
 FOLDER = osp.join(ROOT, 'configs', 'mmseg1x')
 TWINS = sorted(
@@ -44,16 +46,16 @@ def shapes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('twin', TWINS)
-def test_twin_trains_tests_and_resumes_with_mmsegs_tools(tmp_path, shapes,
+def test_twin_trains_tests_and_resumes_with_the_tools(tmp_path, shapes,
                                                          twin):
     cfg = write_twin_run_config(tmp_path / 'twin.py', osp.join(FOLDER, twin),
                                 shapes, iters=2)
     work = str(tmp_path / 'work')
-    run([PY, TRAIN, cfg, '--work-dir', work])
+    run([PY, TOOL_TRAIN, cfg, '--work-dir', work])
     ckpt = osp.join(work, 'iter_2.pth')
-    out = run([PY, TEST, cfg, ckpt, '--work-dir', str(tmp_path / 'test')])
+    out = run([PY, TOOL_TEST, cfg, ckpt, '--work-dir', str(tmp_path / 'test')])
     assert '| background |' in out and 'mIoU' in out
-    out = run([PY, TRAIN, cfg, '--work-dir', work, '--resume',
+    out = run([PY, TOOL_TRAIN, cfg, '--work-dir', work, '--resume',
                '--cfg-options', 'train_cfg.max_iters=3',
                'train_cfg.val_interval=3', 'param_scheduler.0.end=3'])
     assert 'resumed epoch: 0, iter: 2' in out  # mmengine's own line
