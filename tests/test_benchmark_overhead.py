@@ -1,5 +1,5 @@
-"""tools/benchmark_overhead.py and sar.mmseg0x.overhead: twin weights, and
-the --smoke run end to end.
+"""tools/benchmark_overhead.py under mmseg 0.30 (sar.evaluation.overhead with
+sar.mmseg0x.overhead): twin weights, and the --smoke run end to end.
 
 Only the structure of its output is tested; the speed targets are read from
 the printed ratios of a real run, never asserted on timings here.
@@ -12,13 +12,10 @@ import pytest
 import torch
 
 from conftest import DEMO_BASELINE, ROOT
+from overhead_result import check_smoke_result
+from sar.evaluation import overhead as measure
 from sar.mmseg0x import overhead
 from test_tools import PY, run
-
-VARIANTS = ['baseline', 'sar_gate_closed', 'sar_pull_active']
-SAR_VARIANTS = VARIANTS[1:]
-RATIO_KEYS = ['step_time_ratio', 'peak_memory_ratio', 'inference_time_ratio',
-              'step_cpu_time_ratio', 'inference_cpu_time_ratio']
 
 
 def load_tool():
@@ -41,9 +38,10 @@ def tool():
 
 def test_sar_model_gets_the_baseline_weights(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = overhead.build_variant(args, 'baseline')
+    base, _ = measure.build_variant(overhead, args, 'baseline')
     torch.manual_seed(123)  # a different init than the baseline's
-    model, _ = overhead.build_variant(args, 'sar_gate_closed', base)
+    model, _ = measure.build_variant(overhead, args, 'sar_gate_closed',
+                                     base)
     plain = model.state_dict()
     for key, value in base.state_dict().items():
         sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
@@ -54,8 +52,9 @@ def test_sar_model_gets_the_baseline_weights(tool):
 
 def test_pull_active_variant_pulls_from_the_first_step(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = overhead.build_variant(args, 'baseline')
-    model, optimizer = overhead.build_variant(args, 'sar_pull_active', base)
+    base, _ = measure.build_variant(overhead, args, 'baseline')
+    model, optimizer = measure.build_variant(overhead, args,
+                                             'sar_pull_active', base)
     reg = model.decode_head.sar_loss
     assert reg.pull_mode == 'after_init' and bool(reg.initialised)
     assert reg.semantic_anchors.abs().sum() > 0
@@ -73,13 +72,13 @@ def test_configs_that_are_not_twins_are_refused(tool, tmp_path):
                      "num_classes=4)))\n")
     args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
                             str(other)])
-    base, _ = overhead.build_variant(args, 'baseline')
+    base, _ = measure.build_variant(overhead, args, 'baseline')
     with pytest.raises(ValueError, match='not twins'):
-        overhead.build_variant(args, 'sar_gate_closed', base)
+        measure.build_variant(overhead, args, 'sar_gate_closed', base)
     args = tool.parse_args(['--smoke', '--device', 'cpu', '--sar',
                             DEMO_BASELINE])
     with pytest.raises(ValueError, match='not a SARHead'):
-        overhead.build_variant(args, 'sar_gate_closed', base)
+        measure.build_variant(overhead, args, 'sar_gate_closed', base)
 
 
 def test_defaults_follow_the_device(tool):
@@ -97,44 +96,6 @@ def test_smoke_run_end_to_end(tmp_path):
                'cpu', '--json', str(out_json)])
     with open(out_json) as f:
         res = json.load(f)
-    assert list(res) == [
-        'baseline', 'sar', 'device', 'device_name', 'threads', 'batch',
-        'size', 'steps', 'warmup', 'memory_steps', 'num_classes', 'channels',
-        'memory_measure', 'targets', 'ratios', 'step_time_s',
-        'inference_time_s', 'step_cpu_time_s', 'inference_cpu_time_s',
-        'peak_memory_bytes', 'checks', 'noise'
-    ]
-    assert (res['baseline'], res['sar']) == tool_smoke_pair()
-    assert (res['device'], res['size'], res['batch'], res['steps'],
-            res['warmup'], res['memory_steps']) == ('cpu', 32, 2, 2, 1, 1)
-    assert (res['num_classes'], res['channels']) == (4, 120)
-    assert 'ru_maxrss' in res['memory_measure']
-    assert res['targets'] == dict(step_time_ratio=1.02,
-                                  peak_memory_ratio=1.03,
-                                  inference_time_ratio=1.00)
-    assert list(res['ratios']) == SAR_VARIANTS
-    for variant in SAR_VARIANTS:
-        assert list(res['ratios'][variant]) == RATIO_KEYS
-        assert all(isinstance(v, float) and v > 0
-                   for v in res['ratios'][variant].values())
-    for key in ('step_time_s', 'inference_time_s', 'step_cpu_time_s',
-                'inference_cpu_time_s'):
-        assert list(res[key]) == VARIANTS
-        assert all(len(v) == 2 and min(v) > 0 for v in res[key].values())
-    assert list(res['peak_memory_bytes']) == VARIANTS
-    assert all(v > 0 for v in res['peak_memory_bytes'].values())
-    checks = res['checks']
-    assert checks['inference_logits_equal'] is True
-    assert checks['pull_loss_last']['sar_pull_active'] > 0
-    # The gate-closed variant measures what it says, however fast its
-    # anchors learn (it once opened within 35 GPU steps).
-    assert checks['gate_stayed_closed'] is True
-    assert checks['pull_loss_last']['sar_gate_closed'] == 0
-    assert set(res['noise']) == {'baseline_step_spread',
-                                 'baseline_inference_spread'}
-    for title in ('train step time', 'peak memory', 'inference time',
-                  'train step CPU time', 'inference CPU time'):
-        (line, ) = [x for x in out.splitlines() if x.startswith(title)]
-        assert ('<= 1.0' in line or '1.00 (' in line), line
-    assert f'{res["ratios"]["sar_pull_active"]["step_time_ratio"]:.3f}' in out
+    check_smoke_result(res, out, tool_smoke_pair(), num_classes=4,
+                       channels=120)
     assert f'wrote {out_json}' in out

@@ -4,10 +4,12 @@ Builds the baseline config and its SAR twin with the same weights (the
 baseline's state dict loaded into the SAR model, whose head sits under
 ``decode_head.head.``), then measures, in one run, on one fixed random batch:
 
-- **train-step time**: forward, backward and optimizer step (mmseg's own
+- **train-step time**: forward, backward and optimizer step (mmseg 0.30's
   ``train_step``, then ``zero_grad``/``backward``/``step`` as mmcv's
-  OptimizerHook does), the models taking turns in every step so that machine
-  load hits all alike; the median over steps of SAR time / baseline time.
+  OptimizerHook does; under mmseg 1.x the model's ``train_step`` with the
+  config's optimizer wrapper, as mmengine's runner calls it), the models
+  taking turns in every step so that machine load hits all alike; the
+  median over steps of SAR time / baseline time.
   Wall clock everywhere; on the CPU also process CPU time, which does not
   count the time other processes held the cores (shared machines).
 - **peak memory**: each model in its own child process, one after the other.
@@ -18,7 +20,8 @@ baseline's state dict loaded into the SAR model, whose head sits under
   activations and allocator slack, not the weights nor the libraries. The
   children run with a fixed glibc mmap threshold, so that freed tensors
   leave RSS and repeated runs agree to a fraction of a percent.
-- **inference time**: test-mode ``simple_test`` (the config's test_cfg),
+- **inference time**: test-mode ``simple_test`` (1.x: ``test_step``; the
+  config's test_cfg),
   which for SAR must be the wrapped head alone; checked by equal logits of
   ``encode_decode`` before training.
 
@@ -30,9 +33,14 @@ and ``sar_pull_active`` (``pull_mode='after_init'`` by config override and
 the semantic anchors forced set, so the pull loss acts in every step: the
 expensive case).
 
+Either generation: the installed mmseg picks the configs' folder
+(configs/ for 0.30, configs/mmseg1x/ for 1.x) and how a model is built and
+stepped (sar.mmseg0x.overhead, sar.mmseg1x.overhead); the measurement is
+sar.evaluation.overhead's.
+
 Defaults: the paper's HRNetV2-W48 FCN ADE20K pair (C=150, D=720); input
 crop 512 on CUDA, 256 on the CPU (--size); batch 4 on CUDA, 2 on the CPU.
-``--smoke`` runs the tiny demo pair at 32 px for 2 steps (for tests).
+``--smoke`` runs a tiny demo pair at 32 px for 2 steps (for tests).
 
 JSON (--json OUT): ``baseline``, ``sar`` (config paths), ``device``,
 ``device_name``, ``threads``, ``batch``, ``size``, ``steps``, ``warmup``,
@@ -55,9 +63,14 @@ import sys
 
 import torch
 
-import sar  # noqa: F401  registers SAR and applies the torch 2.x shims
-from sar.mmseg0x.overhead import PAPER, ROOT, SMOKE, VARIANTS, child_main, \
-    report, run
+import sar  # registers SAR and applies the shims of mmseg's generation
+from sar.evaluation.overhead import VARIANTS, child_main, report, run
+
+if sar.mmseg_generation() == 1:
+    from sar.mmseg1x import overhead as GLUE
+else:
+    from sar.mmseg0x import overhead as GLUE
+PAPER, ROOT, SMOKE = GLUE.PAPER, GLUE.ROOT, GLUE.SMOKE
 
 
 def parse_args(argv=None):
@@ -110,9 +123,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
-        child_main(args)
+        child_main(args, GLUE)
         return
-    res = run(args, [sys.executable, osp.abspath(__file__)])
+    res = run(args, [sys.executable, osp.abspath(__file__)], GLUE)
     print(report(res))
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)

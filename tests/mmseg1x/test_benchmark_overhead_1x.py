@@ -1,0 +1,60 @@
+"""tools/benchmark_overhead.py under mmseg 1.x (sar.evaluation.overhead with
+sar.mmseg1x.overhead): the 1.x configs, twin weights, the pull variant, and
+the --smoke run end to end with the same result as under 0.30."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+from helpers1x import PY, ROOT, run
+from overhead_result import check_smoke_result
+from sar.evaluation import overhead as measure
+from sar.mmseg1x import overhead
+
+
+@pytest.fixture(scope='module')
+def tool():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_overhead', osp.join(ROOT, 'tools', 'benchmark_overhead.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_takes_the_1x_glue_and_configs(tool):
+    assert tool.GLUE is overhead
+    args = tool.parse_args(['--device', 'cpu'])
+    assert args.baseline == osp.join(ROOT, 'configs', 'mmseg1x', 'baseline',
+                                     'fcn_hr48_4xb4-160k_ade20k-512x512.py')
+    assert args.sar == osp.join(ROOT, overhead.PAPER[1])
+
+
+def test_twins_share_weights_and_the_pull_acts_from_the_first_step(tool):
+    args = tool.parse_args(['--smoke', '--device', 'cpu'])
+    base, _ = measure.build_variant(overhead, args, 'baseline')
+    torch.manual_seed(123)  # a different init than the baseline's
+    model, wrapper = measure.build_variant(overhead, args, 'sar_pull_active',
+                                           base)
+    state = model.state_dict()
+    for key, value in base.state_dict().items():
+        sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(state[sar_key], value), key
+    reg = model.decode_head.sar_loss
+    assert reg.pull_mode == 'after_init' and bool(reg.initialised)
+    batch = overhead.fixed_batch(model, args)
+    # Padded to the measured size, not the config's 64 x 64 crop.
+    assert overhead.logits(model, batch).shape[-2:] == (32, 32)
+    log_vars = overhead.train_step(model, wrapper, batch)
+    assert log_vars['decode.loss_sar_pull'] > 0
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    out_json = tmp_path / 'overhead.json'
+    out = run([PY, 'tools/benchmark_overhead.py', '--smoke', '--device',
+               'cpu', '--json', str(out_json)])
+    with open(out_json) as f:
+        res = json.load(f)
+    check_smoke_result(res, out, overhead.SMOKE, num_classes=11, channels=64)
+    assert f'wrote {out_json}' in out
