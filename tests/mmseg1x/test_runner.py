@@ -6,6 +6,7 @@ runs mmseg's train.py after ``import sar``. Configs are written per test
 (helpers1x.write_config)."""
 import glob
 import json
+import os
 import os.path as osp
 
 import pytest
