@@ -11,6 +11,7 @@ import torch
 from mmcv.cnn.utils import revert_sync_batchnorm
 from mmcv.utils import Config
 
+from analysis_result import check_result
 from conftest import DEMO_BASELINE, DEMO_SAR
 from sar.evaluation.features import (anchor_source, feature_stats,
                                      inner_decode_head, labels_at_features,
@@ -413,54 +414,12 @@ def sar_checkpoint(tmp_path_factory, shapes_root):
     return tmp, cfg, osp.join(work, 'iter_2.pth')
 
 
-JSON_KEYS = {
-    'config', 'checkpoint', 'split', 'num_images', 'num_pixels',
-    'feature_channels', 'max_pixels_per_class', 'classes', 'class_pixels',
-    'compactness', 'separability', 'separability_ratio',
-    'mean_distance_to_class_mean', 'mean_distance_between_class_means',
-    'closest_classes', 'class_spread', 'pca_explained_variance', 'anchors',
-    'png', 'npz'
-}
-
-
 def analyze(cfg, ckpt, out_dir):
     out = run([PY, 'tools/analyze_features.py', cfg, ckpt, '--out-dir',
                str(out_dir), '--max-images', '2', '--max-pixels-per-class',
                '50', '--device', 'cpu'])
     with open(out_dir / 'features.json') as f:
         return out, json.load(f)
-
-
-def check_result(res, out_dir):
-    assert set(res) == JSON_KEYS
-    assert res['num_images'] == 2 and res['feature_channels'] == 120
-    assert res['classes'] == ['background', 'square', 'disc', 'bar']
-    assert sum(res['class_pixels']) == res['num_pixels'] > 0
-    assert max(res['class_pixels']) <= 50
-    assert res['compactness'] > 0 and res['separability'] > 0
-    assert res['compactness'] == pytest.approx(
-        res['mean_distance_to_class_mean']
-        / res['mean_distance_between_class_means'], rel=1e-12)
-    assert res['separability_ratio'] == pytest.approx(
-        res['separability'] / res['mean_distance_to_class_mean'],
-        rel=1e-12)
-    assert len(res['class_spread']) == 4
-    assert len(res['pca_explained_variance']) == 2
-    assert set(res['closest_classes']) <= set(res['classes'])
-    png = out_dir / 'features_pca.png'
-    assert res['png'] == str(png)
-    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    # The scatter's data, for pictures composed elsewhere: one point per
-    # sampled pixel, with its class; the stars when they were marked.
-    assert res['npz'] == str(out_dir / 'features_pca.npz')
-    with np.load(res['npz']) as saved:
-        assert saved['coords'].shape == (res['num_pixels'], 2)
-        assert np.bincount(saved['labels'], minlength=4).tolist() == \
-            res['class_pixels']
-        assert saved['anchors'].shape == (
-            (4, 2) if res['anchors']['marked'] else (0, 2))
-        assert saved['explained'].tolist() == pytest.approx(
-            res['pca_explained_variance'])
 
 
 @pytest.fixture(scope='module')
@@ -473,7 +432,7 @@ def test_analyze_features_tool_on_a_sar_checkpoint(sar_checkpoint,
                                                    sar_result):
     tmp, cfg, ckpt = sar_checkpoint
     out, res = sar_result
-    check_result(res, tmp / 'out')
+    check_result(res, tmp / 'out', 120)
     initialised = bool(torch.load(ckpt, weights_only=False)['state_dict'][
         'decode_head.sar_loss.initialised'])
     assert res['anchors'] == dict(present=True, initialised=initialised,
@@ -493,7 +452,7 @@ def test_analyze_features_tool_marks_set_anchors(sar_checkpoint):
     forced = str(tmp / 'forced.pth')
     torch.save(checkpoint, forced)
     out, res = analyze(cfg, forced, tmp / 'forced')
-    check_result(res, tmp / 'forced')
+    check_result(res, tmp / 'forced', 120)
     assert res['anchors'] == dict(present=True, initialised=True,
                                   marked=True, source='embedded')
     assert 'semantic anchors (EMA) marked' in out
@@ -510,7 +469,7 @@ def test_analyze_features_tool_on_a_plain_checkpoint(sar_checkpoint,
     torch.save(checkpoint, plain)
     cfg = write_config(tmp / 'plain.py', DEMO_BASELINE, shapes_root, iters=2)
     out, res = analyze(cfg, plain, tmp / 'plain')
-    check_result(res, tmp / 'plain')
+    check_result(res, tmp / 'plain', 120)
     assert res['anchors'] == dict(present=False, initialised=False,
                                   marked=False, source=None)
     assert 'not a SAR model' in out

@@ -409,3 +409,35 @@ class ClassSample:
         labels = torch.cat([torch.full((len(self.feats[c]), ), c)
                             for c in classes])
         return feats, labels
+
+
+class PixelFeatures:
+    """Labelled pixel features gathered image by image, ignored pixels
+    dropped: all of them in order, or a :class:`ClassSample` of at most
+    ``max_pixels_per_class`` per class (seeded by ``seed``)."""
+
+    def __init__(self, ignore_index=255, max_pixels_per_class=None, seed=0):
+        self.ignore_index = ignore_index
+        self.sample = None if max_pixels_per_class is None else ClassSample(
+            max_pixels_per_class, torch.Generator().manual_seed(seed))
+        self.feats, self.labels = [], []
+
+    def add(self, feats, labels):
+        """One image's features (D, h, w) and aligned labels (h, w)."""
+        feats = feats.flatten(1).t()  # (h*w, D)
+        labels = labels.flatten()
+        keep = labels != self.ignore_index
+        if self.sample is None:
+            self.feats.append(feats[keep])
+            self.labels.append(labels[keep])
+        else:
+            self.sample.add(feats[keep], labels[keep])
+
+    def result(self, dim):
+        """feats (N, dim) and labels (N,): in image order, row-major; with
+        a sample, grouped by class."""
+        if self.sample is not None:
+            return self.sample.result(dim)
+        if not self.feats:
+            return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
+        return torch.cat(self.feats), torch.cat(self.labels)

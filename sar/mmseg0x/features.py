@@ -1,14 +1,54 @@
-"""Pixel features of an mmseg 0.x segmentor, collected from its data loader.
+"""Pixel features of an mmseg 0.x segmentor, collected from its data loader,
+and what tools/analyze_features.py needs of mmseg 0.30.
 
 The statistics, the sampling and the label alignment are
-:mod:`sar.evaluation.features`'s; only the 0.x loader's batch layout
-(``img`` and ``img_metas`` lists, DataContainers) and its
+:mod:`sar.evaluation.features`'s, the tool's files
+:mod:`sar.evaluation.feature_analysis`'s; only the 0.x config, loader
+(``img`` and ``img_metas`` lists, DataContainers), checkpoint loading and
 ``encode_decode`` are read here.
 """
 import torch
+from mmcv.cnn.utils import revert_sync_batchnorm
+from mmcv.runner import CheckpointLoader, load_state_dict
+from mmcv.utils import Config, DictAction  # noqa: F401  (the tool's)
 
-from ..evaluation.features import (ClassSample, inner_decode_head,
+from ..evaluation.feature_analysis import weights_to_load
+from ..evaluation.features import (PixelFeatures, inner_decode_head,
                                    labels_at_features)
+from .runtime import adapt_cfg_to_machine
+
+
+def load_config(path, options=None):
+    """The config at ``path`` with ``--cfg-options`` merged, made runnable
+    on this machine."""
+    cfg = Config.fromfile(path)
+    if options:
+        cfg.merge_from_dict(options)
+    return adapt_cfg_to_machine(cfg)
+
+
+def build(cfg, split, checkpoint, device):
+    """(model in eval mode on ``device`` with the checkpoint's weights,
+    unshuffled test-mode loader of ``split``, class names, palette)."""
+    from mmseg.datasets import build_dataloader, build_dataset
+    from mmseg.models import build_segmentor
+
+    dataset = build_dataset(cfg.data[split], dict(test_mode=True))
+    loader = build_dataloader(dataset, samples_per_gpu=1,
+                              workers_per_gpu=cfg.data.get(
+                                  'workers_per_gpu', 0),
+                              dist=False, shuffle=False,
+                              persistent_workers=False)
+    cfg.model.pretrained = None
+    cfg.model.train_cfg = None
+    model = build_segmentor(cfg.model, test_cfg=cfg.get('test_cfg'))
+    model = revert_sync_batchnorm(model)
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    load_state_dict(model, weights_to_load(model, ckpt.get('state_dict',
+                                                           ckpt)),
+                    strict=True)
+    return (model.to(device).eval(), loader, list(dataset.CLASSES),
+            dataset.PALETTE)
 
 
 @torch.no_grad()
@@ -47,11 +87,7 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
     captured = []
     hook = conv_seg.register_forward_pre_hook(
         lambda module, inputs: captured.append(inputs[0]))
-    sample = None
-    if max_pixels_per_class is not None:
-        sample = ClassSample(max_pixels_per_class,
-                             torch.Generator().manual_seed(seed))
-    all_feats, all_labels = [], []
+    pixels = PixelFeatures(ignore_index, max_pixels_per_class, seed)
     index = 0
     try:
         for data in data_loader:
@@ -64,28 +100,12 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
                 if max_images is not None and index >= max_images:
                     break
                 gt = dataset.get_gt_seg_map_by_idx(index)
-                y = labels_at_features(torch.from_numpy(gt), meta,
-                                       img.shape[2:], f.shape[1:],
-                                       ignore_index)
-                f = f.flatten(1).t()  # (h*w, D)
-                y = y.flatten()
-                keep = y != ignore_index
-                f, y = f[keep], y[keep]
-                if sample is None:
-                    all_feats.append(f)
-                    all_labels.append(y)
-                else:
-                    sample.add(f, y)
+                pixels.add(f, labels_at_features(
+                    torch.from_numpy(gt), meta, img.shape[2:], f.shape[1:],
+                    ignore_index))
                 index += 1
             if max_images is not None and index >= max_images:
                 break
     finally:
         hook.remove()
-    dim = conv_seg.in_channels
-    if sample is not None:
-        feats, labels = sample.result(dim)
-    elif all_feats:
-        feats, labels = torch.cat(all_feats), torch.cat(all_labels)
-    else:
-        feats, labels = torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
-    return feats, labels, index
+    return (*pixels.result(conv_seg.in_channels), index)
