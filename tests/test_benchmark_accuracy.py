@@ -1,7 +1,6 @@
 """The accuracy benchmark: aggregation over seeds on hand-made numbers, its
 figures on tiny arrays, and tools/benchmark_accuracy.py end to end in
 --smoke mode (the output structure, not its numbers or timings)."""
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -17,18 +16,7 @@ from conftest import ROOT
 from sar.evaluation.benchmark import (class_iou_bars, format_mean_std,
                                       markdown_table, mean_std, pca_row,
                                       seed_row, summarize_seeds)
-
-TOOLS = osp.join(ROOT, 'tools')
-
-
-def load_tool():
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)  # the tool imports _venv from there
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_accuracy_tool', osp.join(TOOLS, 'benchmark_accuracy.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 @pytest.mark.parametrize('values, mean, std, n', [
@@ -174,7 +162,7 @@ def test_pca_row_draws_one_panel_per_method_with_its_stars():
 
 
 def test_flags_and_method_options():
-    tool = load_tool()
+    tool = load_tool('benchmark_accuracy')
     args = tool.parse_args([])
     assert (args.seeds, args.iters, args.methods, args.smoke) == (
         3, None, ['baseline', 'SAR', 'prototype'], False)
@@ -282,8 +270,8 @@ def test_smoke_run_writes_table_json_and_pictures(tmp_path):
 
 
 def test_skip_training_needs_an_earlier_run(tmp_path):
-    tool = load_tool()
+    tool = load_tool('benchmark_accuracy')
     args = tool.parse_args(['--smoke', '--skip-training', '--work-dir',
                             str(tmp_path)])
-    with pytest.raises(RuntimeError, match='needs latest.pth'):
+    with pytest.raises(RuntimeError, match='needs the checkpoint'):
         tool.one_run('baseline', 0, args, tool.DATA, 1)

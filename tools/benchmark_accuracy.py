@@ -1,11 +1,15 @@
 """Baseline, SAR and the prototype ablation on DigitScenes-LT, k seeds each.
 
 Every (method, seed) runs the commands a user runs, with the same schedule
-for all: tools/train.py, tools/test.py --eval mIoU (mmseg's per-class IoU)
-and tools/analyze_features.py on the val split (compactness, separability,
+for all: tools/train.py, tools/test.py (mmseg's per-class IoU) and
+tools/analyze_features.py on the val split (compactness, separability,
 separability ratio and a PCA picture of the decode features). The
 prototype ablation is the SAR config with
-``model.decode_head.sar_loss.anchor_source=prototype``.
+``model.decode_head.sar_loss.anchor_source=prototype``. Under mmseg 0.30
+the configs are configs/demo's, under mmseg 1.x configs/mmseg1x/demo's
+(the same model, data and schedule), whichever generation is installed;
+the commands and result files are those of sar.mmseg0x.runs or
+sar.mmseg1x.runs.
 Reported, as mean +- std over seeds: mIoU, head- and tail-class IoU (the
 more and less frequent half of the training digits), compactness,
 separability (smallest distance between class means, in the features'
@@ -30,7 +34,6 @@ for two methods, mostly starting Python) to check the plumbing.
 """
 import _venv  # noqa: F401  first: re-runs under .venv if needed
 import argparse
-import glob
 import json
 import math
 import os
@@ -42,14 +45,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = 'data/digitscenes-lt'  # the configs' data_root, relative to ROOT
-SAR_CONFIG = \
-    'configs/demo/sar_fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py'
+
+
+def _runs():
+    """The installed mmseg generation's commands and result files."""
+    import sar
+    if sar.mmseg_generation() == 1:
+        from sar.mmseg1x import runs
+    else:
+        from sar.mmseg0x import runs
+    return runs
+
+
+RUNS = _runs()
 # method -> (config, --cfg-options that make it that method)
 METHODS = {
-    'baseline':
-    ('configs/demo/fcn_r18slim-d8_1xb8-3000_digitscenes-lt-64x64.py', []),
-    'SAR': (SAR_CONFIG, []),
-    'prototype': (SAR_CONFIG,
+    'baseline': (RUNS.DEMO_CONFIGS['baseline'], []),
+    'SAR': (RUNS.DEMO_CONFIGS['SAR'], []),
+    'prototype': (RUNS.DEMO_CONFIGS['SAR'],
                   ['model.decode_head.sar_loss.anchor_source=prototype']),
 }
 # What the stars of each method's PCA panel are.
@@ -108,12 +121,9 @@ def cfg_options(method, args, data_root):
     """The --cfg-options of every command of one method's run."""
     options = list(METHODS[method][1])
     if data_root != DATA:
-        options += [f'data.train.dataset.data_root={data_root}',
-                    f'data.val.data_root={data_root}',
-                    f'data.test.data_root={data_root}']
-    if args.smoke:
-        options.append(
-            f'data.samples_per_gpu={SMOKE_SETTINGS["samples_per_gpu"]}')
+        options += RUNS.data_options(
+            data_root, SMOKE_SETTINGS['samples_per_gpu'] if args.smoke
+            else None)
     return options
 
 
@@ -138,61 +148,59 @@ def one_run(method, seed, args, data_root, threads):
     work = osp.join(args.work_dir, method, f'seed_{seed}')
     abs_work = osp.join(ROOT, work)
     os.makedirs(abs_work, exist_ok=True)
-    old = glob.glob(osp.join(abs_work, 'eval_*.json'))
-    if not args.skip_training:
-        old += glob.glob(osp.join(abs_work, '*.log.json'))
-    for name in old:
+    for name in RUNS.stale_files(abs_work, training=not args.skip_training):
         os.remove(name)  # one log and one evaluation per run
     options = cfg_options(method, args, data_root)
-    schedule = [f'log_config.interval={args.log_interval}']
-    if args.iters is not None:
-        schedule += [f'runner.max_iters={args.iters}',
-                     f'checkpoint_config.interval={args.iters}']
-    ckpt = osp.join(work, 'latest.pth')
     start = time.time()
     if args.skip_training:
-        if not osp.isfile(osp.join(ROOT, ckpt)) or len(
-                glob.glob(osp.join(abs_work, '*.log.json'))) != 1:
-            raise RuntimeError(f'--skip-training: {work} needs latest.pth '
-                               'and one training log of an earlier run')
+        if not _trained(abs_work):
+            raise RuntimeError(f'--skip-training: {work} needs the '
+                               'checkpoint and training log of an earlier '
+                               'run')
     else:
-        run_logged(['tools/train.py', config, '--work-dir', work,
-                    '--no-validate', '--deterministic', '--seed', str(seed),
-                    '--cfg-options', *options, *schedule],
+        run_logged(RUNS.train_command(
+            config, work, seed, args.iters,
+            options + [RUNS.log_interval_option(args.log_interval)]),
                    osp.join(abs_work, 'train.out'), threads)
     trained = time.time()
-    run_logged(['tools/test.py', config, ckpt, '--eval', 'mIoU',
-                '--work-dir', work] +
-               (['--cfg-options', *options] if options else []),
+    ckpt = RUNS.checkpoint(abs_work)
+    run_logged(RUNS.test_command(config, abs_work, options),
                osp.join(abs_work, 'test.out'), threads)
     run_logged(['tools/analyze_features.py', config, ckpt, '--out-dir',
                 osp.join(work, 'features'), '--device', 'cpu',
                 '--max-pixels-per-class', str(args.max_pixels_per_class)] +
                (['--cfg-options', *options] if options else []),
                osp.join(abs_work, 'analyze.out'), threads)
-    (log, ) = glob.glob(osp.join(abs_work, '*.log.json'))
-    (evaluation, ) = glob.glob(osp.join(abs_work, 'eval_*.json'))
     print(f'[benchmark] {method} seed {seed} done: train '
           f'{trained - start:.0f} s, test+features '
           f'{time.time() - trained:.0f} s', flush=True)
-    return dict(method=method, seed=seed, log=log, eval=evaluation,
+    return dict(method=method, seed=seed, work=abs_work,
                 features=osp.join(abs_work, 'features', 'features.json'),
                 pca_npz=osp.join(abs_work, 'features', 'features_pca.npz'),
                 train_s=None if args.skip_training else trained - start)
 
 
+def _trained(work):
+    """Whether ``work`` holds a checkpoint and a training log."""
+    try:
+        ckpt = RUNS.checkpoint(work)
+    except OSError:  # 1.x: no last_checkpoint file
+        return False
+    return osp.isfile(osp.join(work, osp.basename(ckpt))) and \
+        bool(RUNS.train_log(work))
+
+
 def collect(run, classes, head, tail):
     """One run's row: mmseg's IoU, the gate, the feature statistics."""
     from sar.evaluation.benchmark import seed_row
-    from sar.evaluation.report import gate_summary, read_train_log
-    with open(run['eval']) as f:
-        row = seed_row(json.load(f)['metric'], classes, head, tail)
+    from sar.evaluation.report import gate_summary
+    row = seed_row(RUNS.read_metrics(run['work']), classes, head, tail)
     with open(run['features']) as f:
         features = json.load(f)
     row['compactness'] = features['compactness']
     row['separability'] = features['separability']
     row['separability_ratio'] = features['separability_ratio']
-    gate = gate_summary(read_train_log(run['log']))
+    gate = gate_summary(RUNS.train_log(run['work']))
     row['gate_first_open_iter'] = gate['first_open_iter']
     row['train_s'] = run['train_s']
     return row
@@ -283,9 +291,7 @@ def main(argv=None):
 
     iters = args.iters
     if iters is None:
-        from mmcv.utils import Config
-        iters = Config.fromfile(
-            osp.join(ROOT, METHODS[args.methods[0]][0])).runner.max_iters
+        iters = RUNS.schedule(osp.join(ROOT, METHODS[args.methods[0]][0]))[1]
     table = markdown_table(summaries, COLUMNS)
     class_table = markdown_table(
         {m: summaries[m]['iou'] for m in args.methods},

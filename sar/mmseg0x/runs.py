@@ -31,30 +31,49 @@ def schedule(config):
     return cfg.get('seed'), cfg.runner.max_iters
 
 
-def train_command(config, work_dir, seed=None, iters=None):
+def train_command(config, work_dir, seed=None, iters=None, options=()):
     """``tools/train.py`` without validation, deterministic; ``seed`` and
-    ``iters`` (with a checkpoint at the end) override the config's."""
+    ``iters`` (with a checkpoint at the end) override the config's, and
+    ``options`` (``--cfg-options`` entries) are added."""
     cmd = ['tools/train.py', config, '--work-dir', work_dir, '--no-validate',
            '--deterministic']
     if seed is not None:
         cmd += ['--seed', str(seed)]
+    options = list(options)
     if iters is not None:
-        cmd += ['--cfg-options', f'runner.max_iters={iters}',
-                f'checkpoint_config.interval={iters}']
-    return cmd
+        options += [f'runner.max_iters={iters}',
+                    f'checkpoint_config.interval={iters}']
+    return cmd + (['--cfg-options', *options] if options else [])
 
 
-def test_command(config, work_dir):
-    """``tools/test.py --eval mIoU`` on the run's last checkpoint."""
-    return ['tools/test.py', config, osp.join(work_dir, 'latest.pth'),
-            '--eval', 'mIoU', '--work-dir', work_dir]
+def test_command(config, work_dir, options=()):
+    """``tools/test.py --eval mIoU`` on the run's last checkpoint, with
+    ``options`` (``--cfg-options`` entries)."""
+    return ['tools/test.py', config, checkpoint(work_dir), '--eval', 'mIoU',
+            '--work-dir', work_dir] + (
+                ['--cfg-options', *options] if options else [])
 
 
-def stale_files(work_dir):
+def data_options(data_root, batch=None):
+    """``--cfg-options`` that point the demo configs' splits at
+    ``data_root`` and, with ``batch``, set the training batch."""
+    options = [f'data.train.dataset.data_root={data_root}',
+               f'data.val.data_root={data_root}',
+               f'data.test.data_root={data_root}']
+    return options + ([f'data.samples_per_gpu={batch}'] if batch else [])
+
+
+def log_interval_option(interval):
+    """The ``--cfg-options`` entry of the training log's interval."""
+    return f'log_config.interval={interval}'
+
+
+def stale_files(work_dir, training=True):
     """What an earlier run's commands left that :func:`train_log` and
-    :func:`read_metrics` would read."""
-    return glob.glob(osp.join(work_dir, '*.log.json')) + glob.glob(
-        osp.join(work_dir, 'eval_*.json'))
+    :func:`read_metrics` would read; the test's alone with ``training``
+    False."""
+    return (glob.glob(osp.join(work_dir, '*.log.json')) if training else
+            []) + glob.glob(osp.join(work_dir, 'eval_*.json'))
 
 
 def train_log(work_dir):

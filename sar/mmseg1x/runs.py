@@ -38,12 +38,14 @@ def schedule(config):
     return cfg.get('randomness', {}).get('seed'), cfg.train_cfg.max_iters
 
 
-def train_command(config, work_dir, seed=None, iters=None):
+def train_command(config, work_dir, seed=None, iters=None, options=()):
     """``tools/train.py`` (mmseg 1.x's) without validation, deterministic;
     ``seed`` and ``iters`` (with the poly schedule's end and a checkpoint
     there, as 0.x's poly policy follows ``max_iters``) override the
-    config's."""
-    options = ['randomness.deterministic=True', 'val_cfg=None',
+    config's, and ``options`` (``--cfg-options`` entries) are added."""
+    # ``options`` first: one may set a key under val_dataloader, which
+    # the entries after it then remove.
+    options = [*options, 'randomness.deterministic=True', 'val_cfg=None',
                'val_dataloader=None', 'val_evaluator=None']
     if seed is not None:
         options.append(f'randomness.seed={seed}')
@@ -55,20 +57,38 @@ def train_command(config, work_dir, seed=None, iters=None):
             '--cfg-options', *options]
 
 
-def test_command(config, work_dir):
-    """``tools/test.py`` (mmseg 1.x's) on the run's last checkpoint; its
-    logs go to ``work_dir/test``."""
+def test_command(config, work_dir, options=()):
+    """``tools/test.py`` (mmseg 1.x's) on the run's last checkpoint, with
+    ``options`` (``--cfg-options`` entries); its logs go to
+    ``work_dir/test``."""
     return [osp.join(TOOLS, 'test.py'), config, checkpoint(work_dir),
-            '--work-dir', osp.join(work_dir, 'test')]
+            '--work-dir', osp.join(work_dir, 'test')] + (
+                ['--cfg-options', *options] if options else [])
 
 
-def stale_files(work_dir):
+def data_options(data_root, batch=None):
+    """``--cfg-options`` that point the demo configs' splits at
+    ``data_root`` and, with ``batch``, set the training batch."""
+    options = [f'{split}_dataloader.dataset.data_root={data_root}'
+               for split in ('train', 'val', 'test')]
+    return options + ([f'train_dataloader.batch_size={batch}']
+                      if batch else [])
+
+
+def log_interval_option(interval):
+    """The ``--cfg-options`` entry of the training log's interval."""
+    return f'default_hooks.logger.interval={interval}'
+
+
+def stale_files(work_dir, training=True):
     """What an earlier run's commands left that :func:`train_log` and
-    :func:`read_metrics` would read."""
-    return glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')) + \
+    :func:`read_metrics` would read; the test's alone with ``training``
+    False."""
+    trained = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')
+                        ) + glob.glob(osp.join(work_dir, 'last_checkpoint'))
+    return (trained if training else []) + \
         glob.glob(osp.join(work_dir, 'test', '*', '*.json')) + \
-        glob.glob(osp.join(work_dir, 'test', '*', '*.log')) + \
-        glob.glob(osp.join(work_dir, 'last_checkpoint'))
+        glob.glob(osp.join(work_dir, 'test', '*', '*.log'))
 
 
 def train_log(work_dir):
