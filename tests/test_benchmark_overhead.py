@@ -4,7 +4,6 @@ sar.mmseg0x.overhead): twin weights, and the --smoke run end to end.
 Only the structure of its output is tested; the speed targets are read from
 the printed ratios of a real run, never asserted on timings here.
 """
-import importlib.util
 import json
 import os.path as osp
 
@@ -16,14 +15,7 @@ from overhead_result import check_smoke_result
 from sar.evaluation import overhead as measure
 from sar.mmseg0x import overhead
 from test_tools import PY, run
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_overhead', osp.join(ROOT, 'tools', 'benchmark_overhead.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 def tool_smoke_pair():
@@ -33,7 +25,7 @@ def tool_smoke_pair():
 
 @pytest.fixture(scope='module')
 def tool():
-    return load_tool()
+    return load_tool('benchmark_overhead')
 
 
 def test_sar_model_gets_the_baseline_weights(tool):

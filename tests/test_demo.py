@@ -2,7 +2,6 @@
 reading, picture, and the choice of pictured scenes; the fairness of its
 two configs and commands, and the order in which it runs its tools (with
 stand-ins for the tools)."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -15,14 +14,7 @@ from conftest import ROOT
 from sar.evaluation.report import (class_iou, comparison_table, gate_summary,
                                    read_train_log, summary_line)
 from sar.evaluation.visualize import colorize, comparison_figure
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location(
-        'demo_tool', osp.join(ROOT, 'tools', 'demo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 @pytest.mark.parametrize('base, sar, line', [
@@ -122,7 +114,7 @@ def test_demo_pictures_the_first_scenes_with_tail_digits(tmp_path):
     for name, top in (('00000.png', 3), ('00001.png', 9), ('00002.png', 1),
                       ('00003.png', 7), ('00004.png', 10)):
         Image.fromarray(np.array([[0, top]], np.uint8)).save(ann / name)
-    demo = load_demo()
+    demo = load_tool('demo')
     assert demo.tail_scenes(str(tmp_path), [7, 8, 9, 10], 2) == [
         '00001.png', '00003.png']
     assert demo.tail_scenes(str(tmp_path), [7, 8, 9, 10], 9) == [
@@ -134,7 +126,7 @@ def test_demo_pictures_the_first_scenes_with_tail_digits(tmp_path):
 def test_baseline_and_sar_differ_only_in_the_decode_head():
     """A fair demo: same data, schedule, seed and backbone for both."""
     from mmcv.utils import Config
-    demo = load_demo()
+    demo = load_tool('demo')
     base, sar = (Config.fromfile(osp.join(ROOT, demo.CONFIGS[m]))._cfg_dict
                  .to_dict() for m in ('baseline', 'SAR'))
     assert base['model'].pop('decode_head')['type'] == 'FCNHead'
@@ -145,7 +137,7 @@ def test_baseline_and_sar_differ_only_in_the_decode_head():
 
 def test_demo_commands_give_both_methods_the_same_schedule():
     import argparse
-    demo = load_demo()
+    demo = load_tool('demo')
     args = argparse.Namespace(seed=7, iters=20)
     commands = {m: demo.train_command(c, f'w/{m}', args)
                 for m, c in demo.CONFIGS.items()}
@@ -184,7 +176,7 @@ open(os.path.join(work, 'eval_1.json'), 'w').write(
 
 def test_each_method_is_tested_after_its_training(tmp_path, monkeypatch):
     import argparse
-    demo = load_demo()
+    demo = load_tool('demo')
     seconds = dict(baseline=0.1, SAR=1.5)  # the baseline ends first
     monkeypatch.setattr(demo, 'train_command', lambda config, work, args: [
         '-c', FAKE_TRAIN, work,

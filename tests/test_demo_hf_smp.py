@@ -2,7 +2,6 @@
 IoU it computes from predictions, and its report, with a stand-in for the
 two trainings (the trainings themselves: test_transformers_glue.py and
 test_smp_glue.py)."""
-import importlib.util
 import json
 import math
 import os
@@ -14,14 +13,7 @@ import pytest
 from conftest import ROOT
 from sar.evaluation.iou import iou_metrics
 from sar.evaluation.report import summary_line
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'demo_hf_smp', osp.join(ROOT, 'tools', 'demo_hf_smp.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import load_tool
 
 
 def test_iou_by_hand():
@@ -52,7 +44,7 @@ def test_predictions_outside_the_classes_are_refused():
 
 def test_the_report_scores_both_predictions_and_ends_with_the_line(
         tmp_path, monkeypatch, capsys):
-    tool = load_tool()
+    tool = load_tool('demo_hf_smp')
     from sar.data.arrays import read_split
     from sar.data.digitscenes import DIGITSCENES_CLASSES
     data, work = str(tmp_path / 'data'), str(tmp_path / 'work')
@@ -100,7 +92,7 @@ def test_the_report_scores_both_predictions_and_ends_with_the_line(
     (['smp', '--num-train', '20'], 'would rewrite the data of `make demo`'),
 ])
 def test_arguments_that_would_mislead_are_refused(argv, says, capsys):
-    tool = load_tool()
+    tool = load_tool('demo_hf_smp')
     with pytest.raises(SystemExit):
         tool.parse_args(argv)
     assert says in capsys.readouterr().err

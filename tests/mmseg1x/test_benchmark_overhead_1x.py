@@ -1,7 +1,6 @@
 """tools/benchmark_overhead.py under mmseg 1.x (sar.evaluation.overhead with
 sar.mmseg1x.overhead): the 1.x configs, twin weights, the pull variant, and
 the --smoke run end to end with the same result as under 0.30."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -12,15 +11,12 @@ from helpers1x import PY, ROOT, run
 from overhead_result import check_smoke_result
 from sar.evaluation import overhead as measure
 from sar.mmseg1x import overhead
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_overhead', osp.join(ROOT, 'tools', 'benchmark_overhead.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('benchmark_overhead')
 
 
 def test_the_tool_takes_the_1x_glue_and_configs(tool):
