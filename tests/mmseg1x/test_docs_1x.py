@@ -113,11 +113,15 @@ def test_the_readme_1x_commands_work_as_typed(tmp_path, shapes, new_shell):
         block('README.md', 'shell', 'source .venv-mmseg1'),
         dict(CONFIG=cfg, CHECKPOINT=str(work / 'iter_2.pth')),
         {'tools/train.py': f'--work-dir {work}',
-         'tools/test.py': f'--work-dir {tmp_path / "eval"}'})
+         'tools/test.py': f'--work-dir {tmp_path / "eval"}',
+         'tools/analyze_features.py': f'--out-dir {tmp_path / "features"} '
+         '--max-images 2'})
     assert script.startswith('source .venv-mmseg1/bin/activate\n')
     out = shell(script, new_shell)
     assert '| background |' in out
     assert glob.glob(str(tmp_path / 'eval' / '*' / '*.json'))
+    assert 'separability ratio:' in out
+    assert (tmp_path / 'features' / 'features.json').is_file()
 
 
 def test_the_docs_1x_commands_work_as_typed(tmp_path, shapes, new_shell):
