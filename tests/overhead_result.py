@@ -3,10 +3,27 @@ mmseg generation (tests/test_benchmark_overhead.py,
 tests/mmseg1x/test_benchmark_overhead_1x.py). Structure only: the speed
 targets are read from the printed ratios of a real run, never asserted on
 timings here."""
+import json
+
+import torch
+
 VARIANTS = ['baseline', 'sar_gate_closed', 'sar_pull_active']
 SAR_VARIANTS = VARIANTS[1:]
 RATIO_KEYS = ['step_time_ratio', 'peak_memory_ratio', 'inference_time_ratio',
               'step_cpu_time_ratio', 'inference_cpu_time_ratio']
+
+
+def check_smoke_run(run, py, tmp_path, pair, num_classes, channels):
+    """``python tools/benchmark_overhead.py --smoke`` with ``run(cmd)`` of
+    the suite's helpers and its ``py``; checks its json and output
+    (:func:`check_smoke_result`)."""
+    out_json = tmp_path / 'overhead.json'
+    out = run([py, 'tools/benchmark_overhead.py', '--smoke', '--device',
+               'cpu', '--json', str(out_json)])
+    with open(out_json) as f:
+        res = json.load(f)
+    check_smoke_result(res, out, pair, num_classes, channels)
+    assert f'wrote {out_json}' in out
 
 
 def check_smoke_result(res, out, pair, num_classes, channels):
@@ -52,3 +69,16 @@ def check_smoke_result(res, out, pair, num_classes, channels):
         (line, ) = [x for x in out.splitlines() if x.startswith(title)]
         assert ('<= 1.0' in line or '1.00 (' in line), line
     assert f'{res["ratios"]["sar_pull_active"]["step_time_ratio"]:.3f}' in out
+
+
+def twin_with_other_init(measure, glue, args, variant):
+    """The baseline and ``variant`` built from another seed with the
+    baseline's weights, checked key by key: (baseline, (model, optimizer))."""
+    base, _ = measure.build_variant(glue, args, 'baseline')
+    torch.manual_seed(123)  # a different init than the baseline's
+    model, optimizer = measure.build_variant(glue, args, variant, base)
+    state = model.state_dict()
+    for key, value in base.state_dict().items():
+        sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
+        assert torch.equal(state[sar_key], value), key
+    return base, (model, optimizer)

@@ -4,14 +4,12 @@ sar.mmseg0x.overhead): twin weights, and the --smoke run end to end.
 Only the structure of its output is tested; the speed targets are read from
 the printed ratios of a real run, never asserted on timings here.
 """
-import json
 import os.path as osp
 
 import pytest
-import torch
 
 from conftest import DEMO_BASELINE, ROOT
-from overhead_result import check_smoke_result
+from overhead_result import check_smoke_run, twin_with_other_init
 from sar.evaluation import overhead as measure
 from sar.mmseg0x import overhead
 from test_tools import PY, run
@@ -30,14 +28,8 @@ def tool():
 
 def test_sar_model_gets_the_baseline_weights(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = measure.build_variant(overhead, args, 'baseline')
-    torch.manual_seed(123)  # a different init than the baseline's
-    model, _ = measure.build_variant(overhead, args, 'sar_gate_closed',
-                                     base)
-    plain = model.state_dict()
-    for key, value in base.state_dict().items():
-        sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
-        assert torch.equal(plain[sar_key], value), key
+    _, (model, _) = twin_with_other_init(measure, overhead, args,
+                                         'sar_gate_closed')
     reg = model.decode_head.sar_loss
     assert reg.pull_mode == 'gate' and not bool(reg.initialised)
 
@@ -83,11 +75,5 @@ def test_defaults_follow_the_device(tool):
 
 
 def test_smoke_run_end_to_end(tmp_path):
-    out_json = tmp_path / 'overhead.json'
-    out = run([PY, 'tools/benchmark_overhead.py', '--smoke', '--device',
-               'cpu', '--json', str(out_json)])
-    with open(out_json) as f:
-        res = json.load(f)
-    check_smoke_result(res, out, tool_smoke_pair(), num_classes=4,
-                       channels=120)
-    assert f'wrote {out_json}' in out
+    check_smoke_run(run, PY, tmp_path, tool_smoke_pair(), num_classes=4,
+                    channels=120)

@@ -14,6 +14,7 @@ Shape shorthand, used in every docstring below:
 Distances are Euclidean (not squared), in the features' own units.
 """
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -441,3 +442,20 @@ class PixelFeatures:
         if not self.feats:
             return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
         return torch.cat(self.feats), torch.cat(self.labels)
+
+
+@contextmanager
+def classifier_inputs(model):
+    """The inputs of the inner head's ``conv_seg`` during the block.
+
+    Yields a list that each forward of the classifier appends its input to
+    ((B, D, h, w): the feature after dropout, itself the identity in test
+    mode); the forward pre-hook is removed on leaving.
+    """
+    captured = []
+    hook = inner_decode_head(model).conv_seg.register_forward_pre_hook(
+        lambda module, inputs: captured.append(inputs[0]))
+    try:
+        yield captured
+    finally:
+        hook.remove()

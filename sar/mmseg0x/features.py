@@ -13,8 +13,8 @@ from mmcv.runner import CheckpointLoader, load_state_dict
 from mmcv.utils import Config, DictAction  # noqa: F401  (the tool's)
 
 from ..evaluation.feature_analysis import weights_to_load
-from ..evaluation.features import (PixelFeatures, inner_decode_head,
-                                   labels_at_features)
+from ..evaluation.features import (PixelFeatures, classifier_inputs,
+                                   inner_decode_head, labels_at_features)
 from .runtime import adapt_cfg_to_machine
 
 
@@ -57,8 +57,8 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
     """Pixel features the classifier reads, with their labels, on a data set.
 
     Each image goes through ``model.encode_decode`` in test mode (the whole
-    image, the first test-time augmentation only); a forward pre-hook on
-    the inner head's ``conv_seg`` keeps the classifier's input, which is the
+    image, the first test-time augmentation only);
+    :func:`classifier_inputs` keeps the classifier's input, which is the
     feature after dropout, itself the identity in test mode. Labels come
     from ``data_loader.dataset.get_gt_seg_map_by_idx`` (mmseg's own
     reduce-zero-label and label map applied) and are aligned with
@@ -81,15 +81,11 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
         are in image order, row-major; with it, grouped by class.
     """
     model.eval()
-    conv_seg = inner_decode_head(model).conv_seg
     device = next(model.parameters()).device
     dataset = data_loader.dataset
-    captured = []
-    hook = conv_seg.register_forward_pre_hook(
-        lambda module, inputs: captured.append(inputs[0]))
     pixels = PixelFeatures(ignore_index, max_pixels_per_class, seed)
     index = 0
-    try:
+    with classifier_inputs(model) as captured:
         for data in data_loader:
             img = data['img'][0]
             metas = data['img_metas'][0].data[0]
@@ -106,6 +102,5 @@ def collect_features(model, data_loader, ignore_index=255, max_images=None,
                 index += 1
             if max_images is not None and index >= max_images:
                 break
-    finally:
-        hook.remove()
-    return (*pixels.result(conv_seg.in_channels), index)
+    return (*pixels.result(inner_decode_head(model).conv_seg.in_channels),
+            index)

@@ -14,8 +14,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 
 from ..evaluation.feature_analysis import weights_to_load
-from ..evaluation.features import (PixelFeatures, inner_decode_head,
-                                   labels_at_features)
+from ..evaluation.features import (PixelFeatures, classifier_inputs,
+                                   inner_decode_head, labels_at_features)
 
 
 def load_config(path, options=None):
@@ -57,38 +57,20 @@ def collect_features(model, dataset, ignore_index=255, max_images=None,
                      max_pixels_per_class=None, seed=0):
     """Pixel features the classifier reads, with their labels, on a data set.
 
-    Each item of ``dataset`` (its pipeline applied, as mmseg's test loop
-    sees it) goes through the model's data preprocessor and
-    ``encode_decode`` in test mode (the whole image); a forward pre-hook on
-    the inner head's ``conv_seg`` keeps the classifier's input, which is
-    the feature after dropout, itself the identity in test mode. Labels
-    come from :func:`ground_truth` and are aligned with
-    :func:`labels_at_features` (the item's ``img_shape`` and flip); ignored
-    pixels are dropped.
-
-    Args:
-        model (nn.Module): an mmseg 1.x segmentor, put in eval mode here.
-        dataset (BaseSegDataset): the data set, in order.
-        ignore_index (int): label of pixels to drop.
-        max_images (int, optional): stop after this many images.
-        max_pixels_per_class (int, optional): keep a uniform random sample
-            of at most this many pixels per class over all images.
-        seed (int): seed of that sample.
-
-    Returns:
-        tuple: feats (N, D) float32 on the CPU, labels (N,) long, and the
-        number of images used. Without ``max_pixels_per_class`` the pixels
-        are in image order, row-major; with it, grouped by class.
+    The 1.x form of :func:`sar.mmseg0x.features.collect_features`, with the
+    same arguments but ``dataset`` (a ``BaseSegDataset``, read in order)
+    and the same result: feats (N, D), labels (N,) and the number of images.
+    Each item (its pipeline applied, as mmseg's test loop sees it) goes
+    through the model's data preprocessor and ``encode_decode`` in test
+    mode (the whole image), :func:`classifier_inputs` keeping what the
+    classifier reads. Labels come from :func:`ground_truth` and are aligned
+    with :func:`labels_at_features` (the item's ``img_shape`` and flip).
     """
     model.eval()
-    conv_seg = inner_decode_head(model).conv_seg
-    captured = []
-    hook = conv_seg.register_forward_pre_hook(
-        lambda module, inputs: captured.append(inputs[0]))
     pixels = PixelFeatures(ignore_index, max_pixels_per_class, seed)
     count = len(dataset) if max_images is None else min(max_images,
                                                         len(dataset))
-    try:
+    with classifier_inputs(model) as captured:
         for index in range(count):
             item = dataset[index]
             data = model.data_preprocessor(
@@ -101,6 +83,5 @@ def collect_features(model, dataset, ignore_index=255, max_images=None,
             pixels.add(f, labels_at_features(
                 ground_truth(dataset, index), meta, data['inputs'].shape[2:],
                 f.shape[1:], ignore_index))
-    finally:
-        hook.remove()
-    return (*pixels.result(conv_seg.in_channels), count)
+    return (*pixels.result(inner_decode_head(model).conv_seg.in_channels),
+            count)

@@ -1,14 +1,12 @@
 """tools/benchmark_overhead.py under mmseg 1.x (sar.evaluation.overhead with
 sar.mmseg1x.overhead): the 1.x configs, twin weights, the pull variant, and
 the --smoke run end to end with the same result as under 0.30."""
-import json
 import os.path as osp
 
 import pytest
-import torch
 
 from helpers1x import PY, ROOT, run
-from overhead_result import check_smoke_result
+from overhead_result import check_smoke_run, twin_with_other_init
 from sar.evaluation import overhead as measure
 from sar.mmseg1x import overhead
 from tool_modules import load_tool
@@ -29,14 +27,8 @@ def test_the_tool_takes_the_1x_glue_and_configs(tool):
 
 def test_twins_share_weights_and_the_pull_acts_from_the_first_step(tool):
     args = tool.parse_args(['--smoke', '--device', 'cpu'])
-    base, _ = measure.build_variant(overhead, args, 'baseline')
-    torch.manual_seed(123)  # a different init than the baseline's
-    model, wrapper = measure.build_variant(overhead, args, 'sar_pull_active',
-                                           base)
-    state = model.state_dict()
-    for key, value in base.state_dict().items():
-        sar_key = key.replace('decode_head.', 'decode_head.head.', 1)
-        assert torch.equal(state[sar_key], value), key
+    _, (model, wrapper) = twin_with_other_init(measure, overhead, args,
+                                               'sar_pull_active')
     reg = model.decode_head.sar_loss
     assert reg.pull_mode == 'after_init' and bool(reg.initialised)
     batch = overhead.fixed_batch(model, args)
@@ -47,10 +39,5 @@ def test_twins_share_weights_and_the_pull_acts_from_the_first_step(tool):
 
 
 def test_smoke_run_end_to_end(tmp_path):
-    out_json = tmp_path / 'overhead.json'
-    out = run([PY, 'tools/benchmark_overhead.py', '--smoke', '--device',
-               'cpu', '--json', str(out_json)])
-    with open(out_json) as f:
-        res = json.load(f)
-    check_smoke_result(res, out, overhead.SMOKE, num_classes=11, channels=64)
-    assert f'wrote {out_json}' in out
+    check_smoke_run(run, PY, tmp_path, overhead.SMOKE, num_classes=11,
+                    channels=64)
