@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ROOT
 from sar.evaluation.report import (class_iou, comparison_table, gate_summary,
-                                   read_train_log, summary_line)
+                                   merge_train_logs, read_train_log,
+                                   summary_line)
 from sar.evaluation.visualize import colorize, comparison_figure
 from tool_modules import load_tool
 
@@ -75,6 +76,24 @@ def test_gate_summary_from_an_mmseg_log(tmp_path):
     assert gate_summary([{'mode': 'train', 'iter': 1}]) == dict(
         first_open_iter=None, open_fraction=None, last_anchor_acc=None,
         last_pull=None)
+
+
+def test_a_resumed_runs_logs_merge_and_the_runs_read_them(tmp_path):
+    from sar.mmseg0x.runs import train_log
+
+    # Killed at 7 with the checkpoint of 5: the second session repeats 6-7.
+    first = [dict(iter=i, mode='train', loss=1.0) for i in range(1, 8)]
+    second = [dict(iter=i, mode='train', loss=2.0) for i in range(6, 10)]
+    merged = merge_train_logs([first, [], second])
+    assert [(e['iter'], e['loss']) for e in merged] == \
+        [(i, 1.0) for i in range(1, 6)] + [(i, 2.0) for i in range(6, 10)]
+    assert merge_train_logs([]) == []
+    # The 0.x runs module finds both sessions' files, oldest first by name.
+    for name, entries in (('20261207_020000', second),
+                          ('20261207_010000', first)):
+        (tmp_path / f'{name}.log.json').write_text(
+            '\n'.join(json.dumps(e) for e in entries) + '\n')
+    assert train_log(str(tmp_path)) == merged
 
 
 def test_colorize():

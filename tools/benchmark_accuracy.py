@@ -186,8 +186,7 @@ def _trained(work):
         ckpt = RUNS.checkpoint(work)
     except OSError:  # 1.x: no last_checkpoint file
         return False
-    return osp.isfile(osp.join(work, osp.basename(ckpt))) and \
-        bool(RUNS.train_log(work))
+    return osp.isfile(ckpt) and bool(RUNS.train_log(work))
 
 
 def collect(run, classes, head, tail):

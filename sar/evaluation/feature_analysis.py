@@ -25,9 +25,9 @@ def weights_to_load(model, state):
     """A checkpoint's ``state_dict`` as ``model`` loads it strictly.
 
     The ``module.`` prefix of a wrapped model's checkpoint is dropped, and
-    so are non-persistent buffers, which mmcv's and mmengine's checkpoints
-    may hold (their ``get_state_dict`` keeps every buffer): they are not
-    weights, and a strict load would refuse them. Anything else that does
+    so are non-persistent buffers, which an mmcv 1.x checkpoint may hold
+    (its ``get_state_dict`` keeps every buffer; mmengine's does not): they
+    are not weights, and a strict load would refuse them. Anything else that does
     not match is left for the strict load to refuse: features of a
     half-loaded model would be meaningless.
     """

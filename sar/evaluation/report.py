@@ -93,6 +93,22 @@ def read_train_log(path):
     return entries
 
 
+def merge_train_logs(logs):
+    """One run's training entries from the logs of its sessions, oldest
+    first (a resumed run starts a new log): a later session's entries
+    replace the earlier ones from its first iteration on.
+
+    Args:
+        logs (list[list[dict]]): each session's entries, with ``iter``.
+    """
+    merged = []
+    for entries in logs:
+        if entries:
+            merged = [e for e in merged if e['iter'] < entries[0]['iter']]
+            merged += entries
+    return merged
+
+
 def gate_summary(entries, prefix='decode.'):
     """What SAR's diagnostics did during training, from the log entries.
 

@@ -10,7 +10,7 @@ import os.path as osp
 
 from mmcv.utils import Config
 
-from ..evaluation.report import read_train_log
+from ..evaluation.report import merge_train_logs, read_train_log
 
 DEMO_CONFIGS = {
     'baseline':
@@ -77,10 +77,11 @@ def stale_files(work_dir, training=True):
 
 
 def train_log(work_dir):
-    """The training entries of the run's json log (see
-    :func:`sar.evaluation.report.read_train_log`); [] before the first."""
-    logs = glob.glob(osp.join(work_dir, '*.log.json'))
-    return read_train_log(logs[0]) if logs else []
+    """The training entries of the run's json logs (see
+    :func:`sar.evaluation.report.read_train_log`), those of a resumed run's
+    sessions merged; [] before the first."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*.log.json')))  # by time
+    return merge_train_logs([read_train_log(path) for path in logs])
 
 
 def read_metrics(work_dir):

@@ -15,6 +15,8 @@ import os.path as osp
 
 from mmengine.config import Config
 
+from ..evaluation.report import merge_train_logs
+
 TOOLS = 'tools'
 DEMO_CONFIGS = {
     'baseline': 'configs/mmseg1x/demo/'
@@ -26,10 +28,11 @@ DEMO_WORK_DIR = 'work_dirs/demo-mmseg1'
 
 
 def checkpoint(work_dir):
-    """The run's last checkpoint, as mmengine's ``last_checkpoint`` names
-    it."""
+    """The run's last checkpoint, the file ``last_checkpoint`` names, in
+    ``work_dir``: mmengine writes an absolute path there, which names the
+    old folder once a run is copied or moved."""
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        return f.read().strip()
+        return osp.join(work_dir, osp.basename(f.read().strip()))
 
 
 def schedule(config):
@@ -91,19 +94,25 @@ def stale_files(work_dir, training=True):
         glob.glob(osp.join(work_dir, 'test', '*', '*.log'))
 
 
+def _scalars(path):
+    """The training entries of one ``vis_data/scalars.json``."""
+    entries = []
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line) if line.strip() else {}
+            if 'lr' in entry:  # training; evaluation lines have none
+                entries.append(entry)
+    return entries
+
+
 def train_log(work_dir):
     """The training entries of mmengine's ``vis_data/scalars.json``: one
     dict per logging interval, with ``iter`` and the logged losses and
-    diagnostics; [] before the first."""
-    logs = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
-    entries = []
-    if logs:
-        with open(logs[0]) as f:
-            for line in f:
-                entry = json.loads(line) if line.strip() else {}
-                if 'lr' in entry:  # training; evaluation lines have none
-                    entries.append(entry)
-    return entries
+    diagnostics, those of a resumed run's sessions (one timestamped folder
+    each) merged; [] before the first."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                     'scalars.json')))  # by time
+    return merge_train_logs([_scalars(path) for path in logs])
 
 
 def class_table(log_text):

@@ -30,8 +30,26 @@ def sar_checkpoint(tmp_path_factory):
     return tmp, cfg, str(tmp / 'work' / 'iter_2.pth')
 
 
-def test_collected_features_are_what_the_classifier_reads(sar_checkpoint):
+# The val images (32 x 32) resized to 24 x 20 and padded to 32 x 32 by the
+# data preprocessor: at the features' 8 x 8, 6 x 5 cells hold the image.
+RESIZED_AND_PADDED = """
+_base_ = [{base!r}]
+val_dataloader = dict(dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(20, 24), keep_ratio=False),
+    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]))
+model = dict(data_preprocessor=dict(test_cfg=dict(size_divisor=16)))
+"""
+
+
+@pytest.mark.parametrize('resized', [False, True])
+def test_collected_features_are_what_the_classifier_reads(sar_checkpoint,
+                                                          resized):
     tmp, cfg, ckpt = sar_checkpoint
+    if resized:
+        path = tmp / 'resized.py'
+        path.write_text(RESIZED_AND_PADDED.format(base=cfg))
+        cfg = str(path)
     model, dataset, classes, _ = build(Config.fromfile(cfg), 'val', ckpt,
                                        'cpu')
     assert classes == ['background', 'square', 'disc', 'bar']
@@ -62,6 +80,10 @@ def test_collected_features_are_what_the_classifier_reads(sar_checkpoint):
     assert torch.equal(labels, torch.cat(want_labels))
     assert torch.allclose(got_logits, torch.cat(want_logits), atol=1e-5)
     assert feats.shape == (len(labels), head.channels)
+    # The padded cells are dropped (the labels' own 255 pixels too): were
+    # the labels stretched over the padded input, the resized case would
+    # keep about as many as the other, 168.
+    assert 0 < len(labels) <= n * (6 * 5 if resized else 8 * 8)
     # A sample of at most 5 per class, from the same pixels.
     f, y, _ = collect_features(model, dataset, IGNORE,
                                max_pixels_per_class=5)

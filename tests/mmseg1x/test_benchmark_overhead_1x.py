@@ -32,7 +32,9 @@ def test_twins_share_weights_and_the_pull_acts_from_the_first_step(tool):
     reg = model.decode_head.sar_loss
     assert reg.pull_mode == 'after_init' and bool(reg.initialised)
     batch = overhead.fixed_batch(model, args)
-    # Padded to the measured size, not the config's 64 x 64 crop.
+    # Trained at the measured size, not padded to the config's 64 x 64 crop.
+    assert model.data_preprocessor(batch, True)['inputs'].shape[-2:] == \
+        (32, 32)
     assert overhead.logits(model, batch).shape[-2:] == (32, 32)
     log_vars = overhead.train_step(model, wrapper, batch)
     assert log_vars['decode.loss_sar_pull'] > 0

@@ -2,8 +2,10 @@
 mmseg's own tools on the demo's SAR config, and what they leave is read
 back in the form the demo's report takes. Tiny DigitScenes-LT, 2
 iterations."""
+import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -64,6 +66,23 @@ def test_train_log_has_sars_diagnostics(demo_run):
             'decode.sar.anchor_acc'} <= set(entries[0])
     gate = gate_summary(entries)
     assert gate['last_anchor_acc'] == entries[-1]['decode.sar.anchor_acc']
+
+
+def test_a_copied_and_resumed_run_is_read_in_its_own_folder(demo_run,
+                                                            tmp_path):
+    # mmengine's last_checkpoint names the original folder's file; a
+    # resumed run writes a second timestamped scalars.json.
+    runs, _, work = demo_run
+    copy = str(tmp_path / 'copy')
+    shutil.copytree(work, copy)
+    assert runs.checkpoint(copy) == osp.join(copy, 'iter_2.pth')
+    entries = runs.train_log(work)
+    later = osp.join(copy, '99991231_000000', 'vis_data')
+    os.makedirs(later)
+    with open(osp.join(later, 'scalars.json'), 'w') as f:
+        f.write(json.dumps(dict(entries[-1], loss=-1.0)) + '\n')
+    assert runs.train_log(copy) == entries[:-1] + [dict(entries[-1],
+                                                        loss=-1.0)]
 
 
 def test_metrics_in_the_reports_form(demo_run):
