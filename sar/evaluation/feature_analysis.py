@@ -27,9 +27,9 @@ def weights_to_load(model, state):
     The ``module.`` prefix of a wrapped model's checkpoint is dropped, and
     so are non-persistent buffers, which an mmcv 1.x checkpoint may hold
     (its ``get_state_dict`` keeps every buffer; mmengine's does not): they
-    are not weights, and a strict load would refuse them. Anything else that does
-    not match is left for the strict load to refuse: features of a
-    half-loaded model would be meaningless.
+    are not weights, and a strict load would refuse them. Anything else
+    that does not match is left for the strict load to refuse: features of
+    a half-loaded model would be meaningless.
     """
     transient = {f'{name}.{buf}' if name else buf
                  for name, module in model.named_modules()
