@@ -122,5 +122,7 @@ def running_tool():
 
 
 use_project_venv()
-if running_tool() in GENERATION_TOOLS and mmseg_1x_tools():
-    run_mmseg1_tool(running_tool(), mmseg_1x_tools())
+if running_tool() in GENERATION_TOOLS:
+    _tools = mmseg_1x_tools()
+    if _tools:
+        run_mmseg1_tool(running_tool(), _tools)

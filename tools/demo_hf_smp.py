@@ -27,6 +27,7 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NAMES = dict(transformers='SegFormer, transformers Trainer (AdamW)',
              smp='smp FPN (timm resnet10t), plain loop')
+OPTIMIZER_NAMES = dict(sgd='SGD', adam='Adam')
 METHODS = ('baseline', 'SAR')
 # About 8 minutes each on two cores (docs/results.md): the small SegFormer
 # runs 0.05 s a step there, the FPN 0.13 s.
@@ -77,8 +78,7 @@ def parse_args(argv=None):
 
 def describe(args):
     if args.framework == 'smp':
-        return f'{NAMES["smp"]} ({args.optimizer.upper()})'.replace(
-            'ADAM', 'Adam')
+        return f'{NAMES["smp"]} ({OPTIMIZER_NAMES[args.optimizer]})'
     return NAMES[args.framework]
 
 
