@@ -38,6 +38,7 @@ LONGEST_FIRST = (
     'tests/test_transformers_glue.py',
     'tests/test_smp_glue.py',
     # the mmseg 1.x suite
+    'tests/mmseg1x/test_gpu_check_1x.py',
     'tests/mmseg1x/test_runner.py',
     'tests/mmseg1x/test_benchmark_accuracy_1x.py',
     'tests/mmseg1x/test_zoo_heads.py',

@@ -181,8 +181,7 @@ def test_a_spent_budget_fails_the_check(tmp_path):
 
 
 def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
-    # Each step may use all of its own limit, and the GPU run fits the
-    # device's 600 s a command with room for the wheels' install.
+    # Checked alone, each step may use all of its own limit.
     check = gpu_check.Check(tool.parse_args(
         [str(tmp_path / 'out'), '--work-dir', str(tmp_path / 'work')]))
     steps = []
@@ -191,25 +190,81 @@ def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
     kinds = [n.split('_')[0] for n in steps if n not in ('env', 'data')]
     limits = gpu_check.GPU['limits']
     assert kinds.count('train') == gpu_check.TRAIN_STEPS
-    assert gpu_check.default_budget(gpu_check.GPU) == \
-        sum(limits[k] for k in kinds + ['env']) == 590
-    assert check.budget.left() == pytest.approx(590, abs=5)
+    total = sum(limits[k] for k in kinds + ['env'])
+    assert gpu_check.default_budget(gpu_check.GPU, gpu_check.TRAIN_STEPS) \
+        == total
+    assert check.budget.left() == pytest.approx(total, abs=5)
+    # With the 1.x check in one command (--stack), even at every limit
+    # these steps leave the 1.x ones a part of the shared budget.
+    assert total < tool.GPU_BUDGET - 100
+
+
+def test_a_shared_deadline_caps_the_budget():
+    import time
+    assert gpu_check.Budget(100).left() == pytest.approx(100, abs=1)
+    assert gpu_check.Budget(100, deadline=time.time() + 30).left() == \
+        pytest.approx(30, abs=1)
+    assert gpu_check.Budget(10, deadline=time.time() + 30).left() == \
+        pytest.approx(10, abs=1)
+
+
+def test_stacks_are_named_once_each(capsys):
+    for argv in (['out', '--stack', 'mmseg2x', PY],
+                 ['out', '--stack', 'mmseg0x'],
+                 ['out', '--stack', 'mmseg0x', PY, '--stack', 'mmseg0x', PY]):
+        with pytest.raises(SystemExit):
+            tool.parse_args(argv)
+    args = tool.parse_args(['out', '--stack', 'mmseg0x', PY, '/site',
+                            '--stack', 'mmseg1x', PY])
+    assert args.stack == [['mmseg0x', PY, '/site'], ['mmseg1x', PY]]
+    assert tool.stack_budget(args) == tool.GPU_BUDGET
+    args.cpu = True
+    one = gpu_check.SIZES['mmseg1x']
+    assert tool.stack_budget(args) == gpu_check.default_budget(
+        gpu_check.CPU, gpu_check.TRAIN_STEPS) + gpu_check.default_budget(
+            one['cpu'], one['train_steps'])
+
+
+def test_a_stack_run_reports_each_generation_in_its_folder(tmp_path):
+    # The shared budget spent before the first step: the stack's check
+    # fails, with its report in OUT/mmseg0x, and so does the whole run.
+    out = tmp_path / 'out'
+    proc = run([PY, 'tools/gpu_check.py', str(out), '--cpu', '--budget', '5',
+                '--stack', 'mmseg0x', PY])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'mmseg0x FAILED' in proc.stdout
+    report = json.loads((out / 'mmseg0x' / 'gpu_check.json').read_text())
+    assert report['steps']['env']['skipped'] == 'the time budget was spent'
 
 
 def test_shell_entry_says_what_is_missing(tmp_path):
-    proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
-               SAR_DEVICE_WHEELS=str(tmp_path / 'none'))
-    assert proc.returncode == 2
-    assert 'run \'bash tools/build_device_wheels.sh\'' in proc.stderr
+    good = tmp_path / 'good'
+    good.mkdir()
+    (good / 'b.whl').write_bytes(b'listed')
+    subprocess.run(['bash', '-c', f'cd {good} && sha256sum b.whl > '
+                    'SHA256SUMS'], check=True)
+    for sets in (dict(SAR_DEVICE_WHEELS=str(tmp_path / 'none'),
+                      SAR_DEVICE_WHEELS_MMSEG1=str(good)),
+                 dict(SAR_DEVICE_WHEELS=str(good),
+                      SAR_DEVICE_WHEELS_MMSEG1=str(tmp_path / 'none'))):
+        proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
+                   **sets)
+        assert proc.returncode == 2
+        assert f'no wheels in {tmp_path / "none"}' in proc.stderr
+        assert 'run \'bash tools/build_device_wheels.sh\'' in proc.stderr
     wheels = tmp_path / 'wheels'
     wheels.mkdir()
     (wheels / 'a.whl').write_bytes(b'not the wheel that was listed')
     (wheels / 'SHA256SUMS').write_text('0' * 64 + '  a.whl\n')
-    proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
-               SAR_DEVICE_WHEELS=str(wheels), PYTHON=PY)
-    assert proc.returncode != 0
-    assert 'FAILED' in proc.stderr + proc.stdout  # sha256sum's verdict
-    assert not (tmp_path / 'out').exists()
+    for sets in (dict(SAR_DEVICE_WHEELS=str(wheels),
+                      SAR_DEVICE_WHEELS_MMSEG1=str(good)),
+                 dict(SAR_DEVICE_WHEELS=str(good),
+                      SAR_DEVICE_WHEELS_MMSEG1=str(wheels))):
+        proc = run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
+                   PYTHON=PY, **sets)
+        assert proc.returncode != 0
+        assert 'FAILED' in proc.stderr + proc.stdout  # sha256sum's verdict
+        assert not (tmp_path / 'out').exists()
     proc = run(['bash', 'tools/build_device_wheels.sh'],
                PYTHON312='/bin/false')
     assert proc.returncode == 2 and 'needs a Python 3.12' in proc.stderr

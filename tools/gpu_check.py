@@ -1,41 +1,65 @@
 """The GPU check: train, test, distribute and time SAR on one GPU, in one go.
 
-Started by ``bash tools/gpu_check.sh OUT`` on a GPU machine (which installs
-the carried wheels first), or directly once torch, mmcv-full, mmseg and sar
-import: ``python tools/gpu_check.py OUT [--cpu]``. Every step runs the
-project's own tools, as a user types them, in a subprocess with a time limit:
+Started by ``bash tools/gpu_check.sh OUT`` on a GPU machine, which installs
+the carried wheels of both mmseg generations first and runs both checks in
+one budget; or directly for the installed generation once torch, mmcv, mmseg
+and sar import: ``python tools/gpu_check.py OUT [--cpu]``. Every step runs
+the project's own tools, as a user types them, in a subprocess with a time
+limit:
 
-1. ``env``: torch, CUDA, the card, mmcv-full, mmseg, sar.
+1. ``env``: torch, CUDA, the card, mmcv, (mmengine,) mmseg, sar.
 2. ``data``: a generated data set in ADE20K's layout (150 classes, block
    label maps; 512 px images, or 64 px with ``--cpu``).
 3. ``train_*``: ``tools/train.py`` on the paper's HRNetV2-W48 FCN SAR config
-   and its baseline twin, in fp32 and with ``fp16 = dict(loss_scale=
-   'dynamic')``, single process (SyncBN reverted to BN): the SAR log keys,
-   the last SAR diagnostics, time per iteration, CUDA memory, finite losses.
-4. ``test``: ``tools/test.py --eval mIoU`` on the fp32 SAR checkpoint.
-5. ``dist``: 2 ranks of ``tools/dist_train.sh`` on the one GPU over gloo
+   and its baseline twin (configs/ under mmseg 0.30, configs/mmseg1x under
+   1.x), single process (SyncBN reverted to BN): the SAR log keys, the last
+   SAR diagnostics, time per iteration, CUDA memory, finite losses. Under
+   0.30 in fp32 and with ``fp16 = dict(loss_scale='dynamic')``; under 1.x
+   in fp32, with mmengine's ``AmpOptimWrapper`` in fp16 (dynamic loss
+   scale) and in bf16.
+4. ``resume_sar`` (1.x): ``tools/train.py --resume`` continues the fp16 run
+   (the fp32 one with ``--cpu``) from its checkpoint: from its iteration,
+   with the dynamic loss scale it saved (not the config's initial one).
+5. ``test``: ``tools/test.py`` on the fp32 SAR checkpoint (mIoU).
+6. ``dist``: 2 ranks of ``tools/dist_train.sh`` on the one GPU over gloo
    (NCCL refuses two ranks on one device); each rank writes the SAR state
-   it holds (tests/plugins/sar_rank_probe.py), compared bit for bit.
-6. ``overhead``: ``tools/benchmark_overhead.py`` on the paper model (step
+   it holds (tests/plugins/sar_rank_probe*.py), compared bit for bit.
+7. ``overhead``: ``tools/benchmark_overhead.py`` on the paper model (step
    time, peak memory and inference ratios, SAR vs baseline).
 
 The report is written after every step, so a run cut short still says what
 it did: ``OUT/gpu_check.json``, ``OUT/gpu_check.txt`` and the step logs in
-``OUT/logs.tar.gz``. The exit status is 0 only when every step ran and
-passed. Each step has a time limit; the budget is their sum (590 s on the
-GPU) and ``--budget`` caps it. The steps and the report are
-:mod:`sar.mmseg0x.gpu_check`'s.
+``OUT/logs.tar.gz`` (with ``--stack``, one such folder per generation,
+``OUT/mmseg0x`` and ``OUT/mmseg1x``). The exit status is 0 only when every
+step ran and passed. Each step has a time limit; a generation checked alone
+has their sum as its budget, and ``--budget`` caps it. The steps are
+:mod:`sar.mmseg0x.gpu_check`'s and :mod:`sar.mmseg1x.gpu_check`'s.
+
+``--stack NAME PYTHON [SITE]`` (given once per generation, by
+tools/gpu_check.sh) runs the check of each named stack in turn, each with
+its interpreter and its folder of wheels first on the path, all within one
+budget: ``--budget``, or by default 560 s on the GPU (the device's 10
+minutes a command, less the wheels' install) and the sum of the CPU limits
+with ``--cpu``. A later generation gets what the earlier ones leave.
 
 ``--cpu`` rehearses the same steps on the CPU in seconds-long sizes (64 px,
-2 iterations); fp16 is then checked to be refused with a clear message, as
-mmcv's fp16 casts images to half, which has no CPU path.
+2 iterations); fp16 and bf16 are then checked to be refused with a clear
+message, as mmcv's fp16 and mmengine's ``AmpOptimWrapper`` need a GPU.
 """
 import _venv  # noqa: F401  (first: re-runs under .venv if needed)
 import argparse
+import os
+import os.path as osp
 import signal
+import subprocess
 import sys
+import time
 
-from sar.mmseg0x.gpu_check import Check, format_report
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+STACKS = ('mmseg0x', 'mmseg1x')
+# The budget of a --stack run on the GPU: within the device's 600 s a
+# command, with the two wheel sets' install (seconds) before it.
+GPU_BUDGET = 560
 
 
 def parse_args(argv=None):
@@ -46,11 +70,80 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='data, configs, checkpoints '
                         '(default: a temporary folder, removed at the end)')
     parser.add_argument('--budget', type=float, help='seconds for all '
-                        'steps (default: the sum of their limits, 590 on '
-                        'the GPU)')
+                        'steps (default: the sum of their limits; with '
+                        f'--stack on the GPU {GPU_BUDGET})')
     parser.add_argument('--only', nargs='+', help='run only these steps '
                         '(env and data always run)')
-    return parser.parse_args(argv)
+    parser.add_argument('--stack', nargs='+', action='append',
+                        metavar=('NAME PYTHON', 'SITE'),
+                        help=f'check the stack NAME ({", ".join(STACKS)}) '
+                        'with interpreter PYTHON and SITE first on its '
+                        'path; once per stack, in the order given')
+    # Internal (--stack): wall-clock end of the shared budget.
+    parser.add_argument('--deadline', type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for stack in args.stack or ():
+        if len(stack) not in (2, 3) or stack[0] not in STACKS:
+            parser.error(f'--stack takes NAME PYTHON [SITE], NAME one of '
+                         f'{", ".join(STACKS)}; got {" ".join(stack)}')
+    names = [s[0] for s in args.stack or ()]
+    if len(set(names)) != len(names):
+        parser.error('--stack names a stack twice')
+    return args
+
+
+def glue():
+    """The check of the installed mmseg generation."""
+    import sar
+    if sar.mmseg_generation() == 1:
+        from sar.mmseg1x import gpu_check
+    else:
+        from sar.mmseg0x import gpu_check
+    return gpu_check
+
+
+def stack_budget(args):
+    """Seconds for all stacks: ``--budget``, else on the GPU GPU_BUDGET and
+    with ``--cpu`` the sum of their checks' own budgets."""
+    if args.budget:
+        return args.budget
+    if not args.cpu:
+        return GPU_BUDGET
+    sys.path.insert(0, ROOT)
+    from sar.evaluation.gpu_check import SIZES, default_budget
+    return sum(default_budget(SIZES[name]['cpu'], SIZES[name]['train_steps'])
+               for name, *_ in args.stack)
+
+
+def drive(args):
+    """Each --stack's check in turn, as a child process, one deadline."""
+    deadline = time.time() + stack_budget(args)
+    codes = {}
+    for name, python, *site in args.stack:
+        out = osp.join(args.out, name)
+        cmd = [python, osp.join(ROOT, 'tools', 'gpu_check.py'), out,
+               '--deadline', str(deadline)]
+        cmd += ['--cpu'] if args.cpu else []
+        if args.work_dir:
+            cmd += ['--work-dir', osp.join(args.work_dir, name)]
+        if args.only:
+            cmd += ['--only', *args.only]
+        path = [*site, ROOT, os.environ.get('PYTHONPATH', '')]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path
+                                                          if p))
+        print(f'[gpu_check] {name}: {deadline - time.time():.0f} s left '
+              'of the budget', flush=True)
+        child = subprocess.Popen(cmd, env=env)
+        # A TERM to this process ends the running check through its own
+        # handler (its step stopped, its report written), then this one.
+        signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        codes[name] = child.wait()
+        if codes[name] == 143:
+            sys.exit(143)
+    print('[gpu_check] ' + ', '.join(
+        f'{name} {"passed" if code == 0 else "FAILED"}'
+        for name, code in codes.items()))
+    return 0 if all(code == 0 for code in codes.values()) else 1
 
 
 def main(argv=None):
@@ -58,9 +151,12 @@ def main(argv=None):
     # A TERM (a runner's time limit) ends the check through its finally:
     # the running step is stopped and the report and logs are written.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    check = Check(args)
+    if args.stack:
+        sys.exit(drive(args))
+    gpu_check = glue()
+    check = gpu_check.Check(args)
     code = check.run()
-    print(format_report(check.report), end='')
+    print(gpu_check.format_report(check.report), end='')
     sys.exit(code)
 
 

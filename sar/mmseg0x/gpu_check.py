@@ -1,64 +1,35 @@
-"""The GPU check's steps, results and report (tools/gpu_check.py runs it).
+"""The GPU check's steps under mmseg 0.30 (tools/gpu_check.py runs them).
 
 Each step runs the project's own tools from the checkout this package lies
 in (``tools/train.py``, ``tools/test.py``, ``tools/dist_train.sh``,
 ``tools/benchmark_overhead.py``) in a subprocess with a time limit, as a
 user types them, and records checks that can fail; see tools/gpu_check.py
-for the steps. The report is rewritten after every step, so a check cut
-short still says what it did.
+for the steps, :mod:`sar.evaluation.gpu_check` for the budget, the records
+and the report.
 
-Time: each step has its own limit, and the budget is the sum of the limits
-(590 s on the GPU, within the device's 10 minutes a command with the wheels'
-install), so that no step's share is promised twice. A step that ends early
-leaves its remaining seconds to the later ones. A step skipped because the
-budget was spent fails the check: an incomplete check proves nothing about
-the skipped path.
+Sizes: each step has its own limit, and a check of this generation alone
+has the sum of the limits as its budget. Run with the mmseg 1.x check in
+one command (``tools/gpu_check.sh``), both share one budget: the 1.x steps
+get what these leave.
 """
 import glob
 import json
 import math
 import os
 import os.path as osp
-import platform
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tarfile
-import tempfile
-import time
 
-from ..data.ade_like import make_ade_like
+from ..evaluation.gpu_check import (PROBE_PLUGINS, ROOT, SIZES,  # noqa: F401
+                                    Budget, CheckBase, default_budget,
+                                    format_report, free_port, pulling_start,
+                                    run_logged, summarize_training, tail)
 
-# The checkout: tools/ and configs/ lie beside the package.
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PAPER_SAR = 'configs/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
 PAPER_BASELINE = 'configs/baseline/fcn_hr48_4xb4-160k_ade20k-512x512.py'
-PROBE_PLUGINS = osp.join(ROOT, 'tests', 'plugins')
 
-# Sizes of the GPU run and of the CPU rehearsal.
-# limits: seconds per step of each kind (four steps are train steps).
-# threads: OpenMP threads of each of the 2 ranks (16 cores on the GPU
-# machine; on the CPU more than one oversubscribes the cores).
-# workers: data loader processes per rank. Limits from the first GPU run
-# (H200): env 11-15 s, SAR training 56-58 s (with 2 s pauses at every epoch
-# end of 4 images, since removed), test over 40 s, two ranks 83-88 s,
-# overhead 84 s with 30 timed steps.
-GPU = dict(size=512, images=16, val_images=4, iters=40, batch=4,
-           dist_iters=20, dist_batch=2, log_interval=10, threads=4,
-           workers=4,
-           limits=dict(env=30, train=65, test=60, dist=90, overhead=150))
-CPU = dict(size=64, images=4, val_images=2, iters=2, batch=2, dist_iters=2,
-           dist_batch=2, log_interval=1, threads=1, workers=2,
-           limits=dict(env=120, train=300, test=200, dist=300, overhead=400))
-TRAIN_STEPS = 4
-
-
-def default_budget(sizes):
-    """The sum of the steps' limits: every step can use all of its own."""
-    limits = sizes['limits']
-    return sum(limits.values()) + (TRAIN_STEPS - 1) * limits['train']
+# Sizes of the GPU run and of the CPU rehearsal (sar.evaluation.gpu_check,
+# where tools/gpu_check.py reads them without mmcv).
+GPU, CPU = SIZES['mmseg0x']['gpu'], SIZES['mmseg0x']['cpu']
+TRAIN_STEPS = SIZES['mmseg0x']['train_steps']
 
 
 def derive_config(src, dst, data_root, sizes, iters, batch, fp16=False,
@@ -115,69 +86,6 @@ def derive_config(src, dst, data_root, sizes, iters, batch, fp16=False,
     return dst
 
 
-# --- running steps ---------------------------------------------------------
-
-class Budget:
-
-    def __init__(self, seconds):
-        self.deadline = time.monotonic() + seconds
-
-    def left(self):
-        return self.deadline - time.monotonic()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
-
-
-def stop(proc):
-    """End a step's process group: TERM first, since torchrun starts its
-    workers in sessions of their own and ends them on TERM (within its own
-    30 s), which a KILL of the group would leave running."""
-    for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break  # ended by itself meanwhile
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def run_logged(args, log_path, limit, env=None):
-    """Run ``args`` in ROOT, all output to ``log_path``; kill the whole
-    process group after ``limit`` seconds. Returns (returncode or None on
-    timeout, seconds)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
-    start = time.monotonic()
-    with open(log_path, 'w') as log:
-        log.write('$ ' + ' '.join(args) + '\n')
-        log.flush()
-        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=max(limit, 1))
-        except subprocess.TimeoutExpired:
-            stop(proc)
-            rc = None
-            log.write(f'\n[gpu_check] stopped after {limit:.0f} s\n')
-        except BaseException:  # the check itself is stopped: so is the step
-            stop(proc)
-            raise
-    return rc, round(time.monotonic() - start, 1)
-
-
-def tail(path, lines=25):
-    try:
-        with open(path, errors='replace') as f:
-            return ''.join(f.readlines()[-lines:])
-    except OSError:
-        return ''
 
 
 def train_log(work_dir):
@@ -190,30 +98,6 @@ def train_log(work_dir):
     return rows
 
 
-def pulling_start(ckpt, dst, seed=0):
-    """Write ``dst``: checkpoint ``ckpt`` with its semantic anchors set.
-
-    The gate opens only once every one of the 150 anchors is classified as
-    its own class, which a short run from scratch never reaches. Here S is
-    set (seeded, the same on every rank) and marked initialised, so that a
-    run from ``dst`` with ``pull_mode='after_init'`` pulls in every step.
-    Every other key of SAR's state stays as ``ckpt`` holds it: SAR loads its
-    state as one unit or not at all (a missing initial anchor A0 would leave
-    S unset and the pull at 0).
-    """
-    import torch
-    ckpt = torch.load(ckpt, map_location='cpu', weights_only=False)
-    state = ckpt['state_dict']
-    prefix = 'decode_head.sar_loss.'
-    anchors = state[prefix + 'semantic_anchors']
-    gen = torch.Generator().manual_seed(seed)
-    state[prefix + 'semantic_anchors'] = torch.randn(
-        anchors.shape, generator=gen, dtype=anchors.dtype)
-    state[prefix + 'initialised'] = torch.tensor(True)
-    state[prefix + 'iters_since_init'] = torch.tensor(0)
-    torch.save(dict(state_dict=state, meta={}), dst)
-    return dst
-
 
 def loss_scale(ckpt):
     """The dynamic loss scale an fp16 run saved, or None."""
@@ -225,91 +109,16 @@ def loss_scale(ckpt):
     return scaler.get('scale')
 
 
-def summarize_training(rows, sar):
-    keys = sorted(set().union(*(r.keys() for r in rows))) if rows else []
-    losses = [v for r in rows for k, v in r.items()
-              if 'loss' in k and isinstance(v, (int, float))]
-    last = rows[-1] if rows else {}
-    # The first logged interval holds cudnn's benchmarking: time per
-    # iteration is reported over the later ones.
-    times = [r['time'] for r in rows[1:] if 'time' in r] or \
-        [r['time'] for r in rows if 'time' in r]
-    summary = dict(
-        logged_iters=[r.get('iter') for r in rows],
-        sar_keys=[k for k in keys if 'sar' in k],
-        last_sar=({k: v for k, v in last.items() if 'sar' in k}
-                  if sar else {}),
-        last_loss=last.get('loss'),
-        time_per_iter_s=(round(sum(times) / len(times), 4)
-                         if times else None),
-        max_memory_mb=max((r.get('memory', 0) for r in rows), default=None))
-    checks = dict(logged=bool(rows),
-                  losses_finite=bool(losses) and all(
-                      math.isfinite(v) for v in losses))
-    if sar:
-        checks['sar_keys_logged'] = all(
-            any(k.endswith(name) for k in keys)
-            for name in ('loss_sar_pull', 'loss_sar_anchor_ce',
-                         'sar.gate_open', 'sar.anchor_max_cos'))
-    return summary, checks
 
 
-class Check:
-    """The steps, their results and the report files."""
+class Check(CheckBase):
+    """The mmseg 0.30 steps."""
 
-    def __init__(self, args):
-        self.args = args
-        self.sizes = CPU if args.cpu else GPU
-        self.budget = Budget(args.budget or default_budget(self.sizes))
-        self.out = osp.abspath(args.out)
-        os.makedirs(self.out, exist_ok=True)
-        self.own_work = args.work_dir is None
-        self.work = osp.abspath(args.work_dir or tempfile.mkdtemp(
-            prefix='sar_gpu_check_'))
-        self.logs = osp.join(self.work, 'logs')
-        os.makedirs(self.logs, exist_ok=True)
-        self.started = time.time()
-        self.report = dict(mode='cpu-rehearsal' if args.cpu else 'gpu',
-                           started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                           command=' '.join(sys.argv), sizes=self.sizes,
-                           env={}, steps={})
-        self.py = sys.executable
+    GPU, CPU, TRAIN_STEPS = GPU, CPU, TRAIN_STEPS
+    derive_config = staticmethod(derive_config)
 
-    # Each step records dict(ok, seconds, checks, results, log_tail).
-    def record(self, name, **entry):
-        entry.setdefault('checks', {})
-        if 'ok' not in entry:
-            entry['ok'] = bool(entry['checks']) and all(
-                entry['checks'].values())
-        self.report['steps'][name] = entry
-        self.write()
-
-    def wanted(self, name):
-        only = self.args.only
-        return not only or any(name.startswith(o) for o in only)
-
-    def limit(self, kind):
-        """Seconds for the next step, or None when the budget is spent."""
-        left = self.budget.left()
-        if left < 10:
-            return None
-        return min(self.sizes['limits'][kind], left)
-
-    def tool(self, name, args, kind, env=None):
-        """Run a tool step; returns (rc, seconds, log path) or None if the
-        budget was spent (recorded as skipped)."""
-        limit = self.limit(kind)
-        if limit is None:
-            self.record(name, ok=False, skipped='the time budget was spent')
-            return None
-        log = osp.join(self.logs, f'{name}.log')
-        rc, seconds = run_logged(args, log, limit, env)
-        return rc, seconds, log
-
-    # --- steps --------------------------------------------------------------
-
-    def step_env(self):
-        code = r'''
+    # The env step's probe (sar.evaluation.gpu_check.CheckBase.step_env).
+    ENV_CODE = r'''
 import json, os, platform, torch
 import mmcv, mmseg, sar
 from mmcv.ops import get_compiler_version, get_compiling_cuda_version
@@ -328,50 +137,6 @@ if torch.cuda.is_available():
                 gpu_count=torch.cuda.device_count())
 print('ENV ' + json.dumps(info))
 '''
-        ran = self.tool('env', [self.py, '-c', code], 'env')
-        if ran is None:
-            return False
-        rc, seconds, log = ran
-        info = {}
-        with open(log) as f:
-            for line in f:
-                if line.startswith('ENV '):
-                    info = json.loads(line[4:])
-        info['platform'] = platform.platform()
-        smi = shutil.which('nvidia-smi')
-        if smi:
-            proc = subprocess.run(
-                [smi, '--query-gpu=name,driver_version,memory.total',
-                 '--format=csv,noheader'], capture_output=True, text=True)
-            info['nvidia_smi'] = proc.stdout.strip()
-        self.report['env'] = info
-        checks = dict(imports=rc == 0)
-        if not self.args.cpu:
-            checks['cuda_available'] = bool(info.get('cuda_available'))
-        self.record('env', seconds=seconds, checks=checks,
-                    log_tail=tail(log) if rc else '')
-        # Without imports, or without the GPU the check is for, every
-        # later step would only spend the budget.
-        return all(checks.values())
-
-    def step_data(self):
-        start = time.monotonic()
-        self.data = make_ade_like(osp.join(self.work, 'ade_like'),
-                                  self.sizes['images'],
-                                  self.sizes['val_images'],
-                                  self.sizes['size'])
-        self.record('data', seconds=round(time.monotonic() - start, 1),
-                    checks=dict(written=True), results=self.data)
-
-    def fresh(self, name):
-        """An empty folder for a step (a reused --work-dir holds old logs)."""
-        path = osp.join(self.work, name)
-        shutil.rmtree(path, ignore_errors=True)
-        return path
-
-    def config(self, name, src, **kwargs):
-        return derive_config(src, osp.join(self.work, f'{name}.py'),
-                             self.data['root'], self.sizes, **kwargs)
 
     def step_train(self, name, src, sar, fp16):
         if not self.wanted(name):
@@ -503,45 +268,6 @@ print('ENV ' + json.dumps(info))
         self.record('dist', seconds=seconds, checks=checks, results=results,
                     log_tail='' if all(checks.values()) else tail(log))
 
-    def step_overhead(self):
-        if not self.wanted('overhead'):
-            return
-        out = osp.join(self.work, 'overhead.json')
-        args = [self.py, 'tools/benchmark_overhead.py', '--json', out,
-                '--device', 'cpu' if self.args.cpu else 'cuda']
-        if self.args.cpu:
-            args += ['--size', str(self.sizes['size']), '--batch', '2',
-                     '--steps', '2', '--warmup', '1', '--memory-steps', '1']
-        ran = self.tool('overhead', args, 'overhead')
-        if ran is None:
-            return
-        rc, seconds, log = ran
-        res = {}
-        if osp.isfile(out):
-            with open(out) as f:
-                res = json.load(f)
-            shutil.copy(out, osp.join(self.out, 'overhead.json'))
-        checks = dict(exit_0=rc == 0, measured=bool(res.get('ratios')))
-        if res.get('checks'):
-            checks['inference_logits_equal'] = bool(
-                res['checks'].get('inference_logits_equal'))
-        results = {k: res.get(k) for k in (
-            'device_name', 'size', 'batch', 'steps', 'warmup', 'ratios',
-            'targets', 'peak_memory_bytes', 'noise', 'checks')}
-        self.record('overhead', seconds=seconds, checks=checks,
-                    results=results,
-                    log_tail='' if all(checks.values()) else tail(log))
-
-    def run(self):
-        try:
-            self.steps()
-        except BaseException:
-            self.report['interrupted'] = True
-            raise
-        finally:
-            code = self.finish()
-        return code
-
     def steps(self):
         if not self.guarded('env', self.step_env):
             return
@@ -560,82 +286,3 @@ print('ENV ' + json.dumps(info))
                 ('train_baseline_fp16', lambda: self.step_train(
                     'train_baseline_fp16', PAPER_BASELINE, False, True))):
             self.guarded(name, step)
-
-    def guarded(self, name, step):
-        """Run one step; an exception in the check's own code fails that
-        step, with its traceback, and the next steps still run."""
-        try:
-            return step()
-        except Exception:  # noqa: BLE001  (reported, not swallowed)
-            import traceback
-            self.record(name, ok=False, error=traceback.format_exc())
-            return False
-
-    # --- report -------------------------------------------------------------
-
-    def finish(self):
-        self.report['elapsed_s'] = round(time.time() - self.started, 1)
-        steps = self.report['steps']
-        self.report['passed'] = bool(steps) and all(
-            s['ok'] for s in steps.values()) and not self.report.get(
-                'interrupted')
-        self.write()
-        with tarfile.open(osp.join(self.out, 'logs.tar.gz'), 'w:gz') as tar:
-            tar.add(self.logs, arcname='logs')
-        if self.own_work:
-            shutil.rmtree(self.work, ignore_errors=True)
-        return 0 if self.report['passed'] else 1
-
-    def write(self):
-        with open(osp.join(self.out, 'gpu_check.json'), 'w') as f:
-            json.dump(self.report, f, indent=1, default=str)
-        with open(osp.join(self.out, 'gpu_check.txt'), 'w') as f:
-            f.write(format_report(self.report))
-
-
-def format_report(report):
-    env = report.get('env', {})
-    lines = [f"SAR GPU check ({report['mode']}), {report['started']}",
-             f"  {env.get('gpu', 'no GPU')} {env.get('nvidia_smi', '')}",
-             f"  python {env.get('python')} torch {env.get('torch')} "
-             f"(CUDA {env.get('torch_cuda')}) mmcv-full {env.get('mmcv')} "
-             f"(ops: {env.get('mmcv_ops_cuda')}) mmseg {env.get('mmseg')} "
-             f"sar {env.get('sar')}", '']
-    for name, step in report['steps'].items():
-        mark = 'PASS' if step['ok'] else 'FAIL'
-        why = f" ({step['skipped']})" if step.get('skipped') else ''
-        if step.get('error'):
-            why = ' (the check itself raised: see below)'
-        lines.append(f"{mark} {name} {step.get('seconds', '-')} s{why}")
-        for key, value in step.get('checks', {}).items():
-            lines.append(f"    {'ok ' if value else 'NO '} {key}")
-        results = step.get('results') or {}
-        if name.startswith('train'):
-            lines.append(
-                f"    time/iter {results.get('time_per_iter_s')} s, memory "
-                f"{results.get('max_memory_mb')} MB, last loss "
-                f"{results.get('last_loss')}")
-            if results.get('loss_scale') is not None:
-                lines.append(f"    fp16 loss scale {results['loss_scale']}")
-            if results.get('last_sar'):
-                lines.append(f"    last SAR values {results['last_sar']}")
-        elif name == 'test':
-            lines.append(f"    mIoU {results.get('mIoU')} "
-                         f"({results.get('note')})")
-        elif name == 'dist':
-            lines.append(f"    {results.get('backend')}, pull losses "
-                         f"{results.get('pull_losses')}, differing: "
-                         f"{results.get('differing')}")
-        elif name == 'overhead' and results.get('ratios'):
-            for variant, ratios in results['ratios'].items():
-                lines.append(f"    {variant}: " + ', '.join(
-                    f'{k} {v:.3f}' for k, v in ratios.items()
-                    if isinstance(v, float)))
-            lines.append(f"    targets {results.get('targets')}")
-        for text in (step.get('error'), step.get('log_tail')):
-            if text:
-                lines += ['    | ' + t for t in text.splitlines()]
-    lines += ['', f"{'PASSED' if report.get('passed') else 'FAILED'} in "
-              f"{report.get('elapsed_s')} s"
-              + (' (interrupted)' if report.get('interrupted') else '')]
-    return '\n'.join(lines) + '\n'

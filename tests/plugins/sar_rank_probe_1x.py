@@ -4,7 +4,8 @@ The mmseg 1.x twin of ``sar_rank_probe.py``. Imported by test configs
 through ``custom_imports``; writes ``<work_dir>/rank<r>.pth`` at the end of
 training with the log-variable keys of every iteration, its losses and
 SAR's diagnostics, this rank's seed and the SAR state it holds (not the
-checkpoint).
+checkpoint), and, as training starts (after a resume has loaded), the
+iteration and the dynamic loss scale of an ``AmpOptimWrapper``.
 """
 import os.path as osp
 
@@ -27,6 +28,10 @@ class SARRankProbeHook(Hook):
         # randomness.diff_rank_seed), and the pre-defined anchors as the
         # first step finds them (DDP's wrapper has broadcast rank 0's).
         self.seed = runner.seed
+        self.iter_at_start = runner.iter
+        scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
+        self.loss_scale_at_start = (
+            float(scaler.get_scale()) if scaler is not None else None)
         self.init_anchors_at_start = {
             f'{i}': h.sar_loss.init_anchors.clone()
             for i, h in enumerate(self._heads(runner))
@@ -57,6 +62,8 @@ class SARRankProbeHook(Hook):
         rank, world = get_dist_info()
         torch.save(dict(rank=rank, world=world, keys=self.keys,
                         seed=self.seed, losses=self.losses, sar_state=state,
+                        iter_at_start=self.iter_at_start,
+                        loss_scale_at_start=self.loss_scale_at_start,
                         diagnostics=self.diagnostics,
                         init_anchors_at_start=self.init_anchors_at_start,
                         wrapper=type(runner.model).__name__,
