@@ -7,34 +7,45 @@
 #
 # 1. a "twin" virtualenv of the GPU machine's own stack (Python 3.12,
 #    exactly requirements/lock/device-twin.txt; torch there is PyPI's build,
-#    which runs on the CPU): mmcv-full is built against it, and
+#    which runs on the CPU): the mmcv wheels are built against it, and
 #    `tools/gpu_check.sh --cpu` rehearses the check in it;
-# 2. mmcv-full 1.7.2 built from its sdist against that torch, CPU ops only
-#    (none of the models in configs/ calls mmcv's CUDA kernels), with the
-#    same patch as tools/setup_env.sh, and its debug symbols stripped (78 MB
-#    of the extension is debug information);
-# 3. the pure-Python wheels of requirements/lock/device.txt that the twin
-#    lacks, at the lock's versions and hashes;
-# 4. all of them in .device/wheels (git-ignored) with SHA256SUMS, under the
-#    device tool's 64 MiB limit for what travels; a folder named by
-#    DEVICE_OUT keeps whatever else it holds (tools/_device_set.sh).
+# 2. two sets of wheels, one per mmseg generation, each with its mmcv built
+#    from the sdist against that torch, CPU ops only (none of the models in
+#    configs/ calls mmcv's CUDA kernels), with the same patch as
+#    tools/setup_env.sh, and its debug symbols stripped (78 MB of mmcv-full's
+#    extension is debug information):
+#    - mmseg 0.30: mmcv-full 1.7.2 and the pure-Python wheels of
+#      requirements/lock/device.txt that the twin lacks;
+#    - mmseg 1.x: mmcv 2.1.0 and those of requirements/lock/device-mmseg1.txt
+#      (mmengine 0.10.7, mmsegmentation 1.2.2, ...);
+#    at the locks' versions and hashes;
+# 3. the sets in .device/wheels and .device/wheels-mmseg1 (git-ignored),
+#    each with SHA256SUMS, together under the device tool's 64 MiB limit for
+#    what travels; a folder named by DEVICE_OUT or DEVICE_OUT_MMSEG1 keeps
+#    whatever else it holds (tools/_device_set.sh).
 #
-# Idempotent and cached like setup_env.sh's wheel: the set is kept in
-# $WHEEL_CACHE/device/<tag>-<hash of its recipe> and the twin in
-# $WHEEL_CACHE/device/twin-<tag>,
+# Idempotent and cached like setup_env.sh's wheel: each set is kept in
+# $WHEEL_CACHE/device/<tag>-<generation>-<hash of its recipe> and the twin
+# in $WHEEL_CACHE/device/twin-<tag>,
 # so a second run (or a fresh clone) takes seconds.
 #
 # Environment knobs:
 #   PYTHON312    the Python 3.12 interpreter (default: python3.12)
 #   WHEEL_CACHE  where built wheels are kept (default ~/.cache/sar/wheels)
-#   DEVICE_OUT   where the set is put (default: .device/wheels in the clone)
-#   MAX_JOBS     parallel compile jobs for mmcv-full (default: nproc)
+#   DEVICE_OUT   where the mmseg 0.30 set is put (default: .device/wheels in
+#                the clone)
+#   DEVICE_OUT_MMSEG1
+#                where the mmseg 1.x set is put (default:
+#                .device/wheels-mmseg1 in the clone)
+#   MAX_JOBS     parallel compile jobs for the mmcv builds (default: nproc)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MMCV_VERSION=1.7.2
+MMCV1_VERSION=2.1.0
 WHEEL_CACHE="${WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sar/wheels}"
 DEVICE_OUT="${DEVICE_OUT:-$ROOT/.device/wheels}"
+DEVICE_OUT_MMSEG1="${DEVICE_OUT_MMSEG1:-$ROOT/.device/wheels-mmseg1}"
 LIMIT_BYTES=$((60 * 1024 * 1024))  # 64 MiB travel, the repository included
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # The GPU machine's CPU ops: never compile CUDA kernels here, even where a
@@ -85,61 +96,90 @@ fi
     || { echo "build_device_wheels: the twin's torch is not $TWIN_TORCH" >&2; exit 1; }
 
 # Keyed on its recipe: a change to the requirements, to the mmcv build or
-# to this script makes a new set (the mmcv-full wheel is cached by tag).
+# to this script makes a new set (the mmcv wheels are cached by tag).
 KEY="$(cat "$ROOT"/requirements/device*.txt "$ROOT"/requirements/lock/device*.txt \
     "$ROOT/requirements/lock/build.txt" "$ROOT/tools/_mmcv_wheel.sh" \
     "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
-SET="$WHEEL_CACHE/device/$TAG-$KEY"
-if [ ! -f "$SET/SHA256SUMS" ] || ! (cd "$SET" && sha256sum --quiet -c SHA256SUMS); then
+
+# build_set NAME MMCV_PACKAGE MMCV_VERSION LOCK PROBE [locks.py subset options]
+#   makes $WHEEL_CACHE/device/$TAG-NAME-$KEY (unless it is there and
+#   whole) and sets SET to it: the mmcv wheel, stripped; LOCK's pins that
+#   the twin lacks (with the options' changes); checked to run PROBE (Python
+#   code) in the twin as gpu_check.sh installs the set there.
+build_set() {
+    local name="$1" pkg="$2" version="$3" lock="$4" probe="$5"
+    shift 5
+    SET="$WHEEL_CACHE/device/$TAG-$name-$KEY"
+    if [ -f "$SET/SHA256SUMS" ] && (cd "$SET" && sha256sum --quiet -c SHA256SUMS); then
+        return 0
+    fi
     rm -rf "$SET"
     mkdir -p "$SET"
-    # 2. mmcv-full, built once per tag (the same cache setup_env.sh uses).
-    FULL="$(ls "$WHEEL_CACHE/$TAG"/mmcv_full-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
-    if [ -z "$FULL" ]; then
-        log "building mmcv-full $MMCV_VERSION for $TAG (10-15 minutes on 2 cores)"
-        build_mmcv_wheel "$TPY" "$WHEEL_CACHE/$TAG"
-        FULL="$(ls "$WHEEL_CACHE/$TAG"/mmcv_full-"$MMCV_VERSION"-*.whl | head -n1)"
+    # The mmcv wheel, built once per tag (the same cache setup_env.sh
+    #    and setup_env_mmseg1.sh use).
+    local built work probe_dir
+    built="$(ls "$WHEEL_CACHE/$TAG/${pkg//-/_}-$version"-*.whl 2>/dev/null | head -n1 || true)"
+    if [ -z "$built" ]; then
+        log "building $pkg $version for $TAG (10-15 minutes on 2 cores)"
+        build_mmcv_wheel "$TPY" "$WHEEL_CACHE/$TAG" "$pkg" "$version"
+        built="$(ls "$WHEEL_CACHE/$TAG/${pkg//-/_}-$version"-*.whl | head -n1)"
     fi
-    log "stripping the debug symbols of $(basename "$FULL")"
-    WORK="$(mktemp -d)"
-    "$TPY" -m wheel unpack -d "$WORK" "$FULL" >/dev/null
-    find "$WORK" -name '*.so' -exec strip --strip-debug {} +
+    log "stripping the debug symbols of $(basename "$built")"
+    work="$(mktemp -d)"
+    "$TPY" -m wheel unpack -d "$work" "$built" >/dev/null
+    find "$work" -name '*.so' -exec strip --strip-debug {} +
     # `wheel pack` writes the RECORD anew, with the stripped files' hashes.
-    "$TPY" -m wheel pack -d "$SET" "$WORK"/mmcv_full-* >/dev/null
-    rm -rf "$WORK"
-    # 3. The pure-Python rest, for CPython 3.12 on x86-64 Linux: the pins
-    #    of requirements/lock/device.txt that the twin (the machine's image)
-    #    lacks, checked against the lock's hashes.
-    log "downloading the wheels of requirements/lock/device.txt that the machine lacks"
-    "$TPY" "$ROOT/tools/locks.py" subset "$ROOT/requirements/lock/device.txt" \
-        --minus "$ROOT/requirements/lock/device-twin.txt" > "$SET/carried.txt"
+    "$TPY" -m wheel pack -d "$SET" "$work/${pkg//-/_}-$version" >/dev/null
+    rm -rf "$work"
+    # The pure-Python rest, for CPython 3.12 on x86-64 Linux: the pins
+    #    of LOCK that the twin (the machine's image) lacks, checked against
+    #    the lock's hashes.
+    log "downloading the wheels of requirements/lock/$(basename "$lock") that the machine lacks"
+    "$TPY" "$ROOT/tools/locks.py" subset "$lock" \
+        --minus "$ROOT/requirements/lock/device-twin.txt" "$@" > "$SET/carried.txt"
     "$TPY" -m pip --disable-pip-version-check -q download --no-deps \
         --require-hashes --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
         -d "$SET" -r "$SET/carried.txt"
     rm "$SET/carried.txt"
-    # The set must import in the twin as gpu_check.sh installs it there:
-    # a dependency missing from requirements/device.txt shows here.
-    PROBE="$(mktemp -d)"
+    # The set must work in the twin as gpu_check.sh installs it there: a
+    # dependency missing from the requirements shows here.
+    probe_dir="$(mktemp -d)"
     "$TPY" -m pip --disable-pip-version-check -q install --no-index \
-        --no-deps --no-compile --target "$PROBE" "$SET"/*.whl
-    if ! PYTHONPATH="$PROBE" "$TPY" -c 'import mmcv, mmcv.ops, mmcv.runner, mmcls, mmseg.apis, prettytable' \
-            >"$PROBE.log" 2>&1; then
-        tail -n 5 "$PROBE.log" >&2
-        echo "build_device_wheels: the set does not import in the twin;" \
-             "add the missing package to requirements/device.txt" >&2
-        rm -rf "$PROBE" "$PROBE.log" "$SET"
+        --no-deps --no-compile --target "$probe_dir" "$SET"/*.whl
+    if ! (cd "$ROOT" && PYTHONPATH="$probe_dir:$ROOT" "$TPY" -c "$probe") \
+            >"$probe_dir.log" 2>&1; then
+        tail -n 5 "$probe_dir.log" >&2
+        echo "build_device_wheels: the $name set does not import in the twin;" \
+             "add the missing package to its requirements file" >&2
+        rm -rf "$probe_dir" "$probe_dir.log" "$SET"
         exit 1
     fi
-    rm -rf "$PROBE" "$PROBE.log"
+    rm -rf "$probe_dir" "$probe_dir.log"
     (cd "$SET" && sha256sum -- *.whl > SHA256SUMS)
-fi
+}
 
-# 4. Into the clone, checked.
-SIZE="$(cat "$SET"/*.whl | wc -c)"
+# mmseg 0.30: mmcv-full 1.7.2 and requirements/lock/device.txt.
+build_set mmseg0x mmcv-full "$MMCV_VERSION" "$ROOT/requirements/lock/device.txt" \
+    'import mmcv, mmcv.ops, mmcv.runner, mmcls, mmseg.apis, prettytable'
+SET0="$SET"
+# mmseg 1.x: mmcv 2.1.0 and requirements/lock/device-mmseg1.txt, where
+# setuptools is carried whatever the twin holds (see
+# requirements/device-mmseg1.txt) and opencv-python is not: mmengine asks
+# for it, and the image's opencv-python-headless is the same cv2. The probe
+# also resolves a config's `mmseg::` base, as mmengine does it.
+build_set mmseg1x mmcv "$MMCV1_VERSION" "$ROOT/requirements/lock/device-mmseg1.txt" \
+    'import mmcv.ops, mmengine, mmseg.apis, sar.mmseg1x; from mmengine.config import Config; Config.fromfile("configs/mmseg1x/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py")' \
+    --keep setuptools --drop opencv-python
+SET1="$SET"
+
+# Into the clone, checked: both sets travel together.
+SIZE="$(cat "$SET0"/*.whl "$SET1"/*.whl | wc -c)"
 if [ "$SIZE" -gt "$LIMIT_BYTES" ]; then
-    echo "build_device_wheels: the set is $SIZE bytes, over $LIMIT_BYTES" >&2
+    echo "build_device_wheels: the two sets are $SIZE bytes, over $LIMIT_BYTES" >&2
     exit 1
 fi
-place_device_set "$SET" "$DEVICE_OUT" "$TWIN"
-log "ready: $(ls "$DEVICE_OUT"/*.whl | wc -l) wheels, $((SIZE / 1024)) KiB in $DEVICE_OUT (twin: $TWIN)"
+place_device_set "$SET0" "$DEVICE_OUT" "$TWIN"
+place_device_set "$SET1" "$DEVICE_OUT_MMSEG1" "$TWIN"
+log "ready: $(ls "$DEVICE_OUT"/*.whl | wc -l) + $(ls "$DEVICE_OUT_MMSEG1"/*.whl | wc -l) wheels," \
+    "$((SIZE / 1024)) KiB in $DEVICE_OUT and $DEVICE_OUT_MMSEG1 (twin: $TWIN)"

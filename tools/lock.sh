@@ -7,7 +7,7 @@
 # `make lock`, `make test`, commit both.
 #
 #   bash tools/lock.sh [LOCK ...]    LOCK: mmseg0 mmseg1 onedl build build-onedl uv
-#                                    device-twin device
+#                                    device-twin device device-mmseg1
 #                                    (default: all, in that order)
 #   UPGRADE=1 bash tools/lock.sh     every pin to the newest its requirements allow
 #
@@ -25,15 +25,15 @@ source "$ROOT/tools/_env_common.sh"
 ensure_uv
 
 LOCKS=("$@")
-[ ${#LOCKS[@]} -gt 0 ] || LOCKS=(mmseg0 mmseg1 onedl build build-onedl uv device-twin device)
+[ ${#LOCKS[@]} -gt 0 ] || LOCKS=(mmseg0 mmseg1 onedl build build-onedl uv device-twin device device-mmseg1)
 cd "$ROOT/requirements/lock"
 for lock in "${LOCKS[@]}"; do
     case "$lock" in
         mmseg0|mmseg1|onedl) target=(--python-version 3.11 --python-platform x86_64-manylinux_2_28) ;;
-        device-twin|device) target=(--python-version 3.12 --python-platform x86_64-manylinux_2_28) ;;
+        device-twin|device|device-mmseg1) target=(--python-version 3.12 --python-platform x86_64-manylinux_2_28) ;;
         build|uv) target=(--universal --python-version 3.8) ;;
         build-onedl) target=(--universal --python-version 3.10) ;;  # onedl-mmcv's floor
-        *) echo "lock.sh: no lock named $lock (mmseg0 mmseg1 onedl build build-onedl uv device-twin device)" >&2; exit 2 ;;
+        *) echo "lock.sh: no lock named $lock (mmseg0 mmseg1 onedl build build-onedl uv device-twin device device-mmseg1)" >&2; exit 2 ;;
     esac
     upgrade=()
     [ "${UPGRADE:-0}" = 1 ] && upgrade=(--upgrade)

@@ -14,9 +14,11 @@ here, the editable sar), named with ``--extra``.
         an environment equals its lock when the two digests are equal
     python tools/locks.py pins LOCK
         the ``name==version`` lines, normalised and sorted
-    python tools/locks.py subset LOCK --minus OTHER
+    python tools/locks.py subset LOCK --minus OTHER [--keep NAME ...]
+                                   [--drop NAME ...]
         the requirements of LOCK (with their hashes) whose names OTHER
-        does not pin: the wheels carried to the GPU machine are
+        does not pin, those named by --keep whatever OTHER pins, and none
+        named by --drop: the wheels carried to the GPU machine are
         device.txt's minus device-twin.txt's
 
 Standard library only: the set-up scripts run it before anything is
@@ -116,6 +118,10 @@ def main(argv=None):
     parser.add_argument('--extra', action='append', default=[],
                         help='a distribution not pinned by the lock')
     parser.add_argument('--minus', help='subset: the lock to leave out')
+    parser.add_argument('--keep', action='append', default=[],
+                        help='subset: a name to keep though OTHER pins it')
+    parser.add_argument('--drop', action='append', default=[],
+                        help='subset: a name to leave out')
     args = parser.parse_args(argv)
     if args.lock == '-' and args.command != 'digest':
         parser.error("'-' (standard input) is for digest only")
@@ -127,10 +133,15 @@ def main(argv=None):
     elif args.command == 'subset':
         if not args.minus:
             parser.error('subset needs --minus OTHER')
-        other = read_pins(args.minus)
+        keep = {normalise(n) for n in args.keep}
+        out = set(read_pins(args.minus)) - keep
+        out |= {normalise(n) for n in args.drop}
+        missing = keep - set(pins)
+        if missing:
+            sys.exit(f'{args.lock} pins no {", ".join(sorted(missing))}')
         with open(args.lock) as f:
             print(''.join(text for name, text in blocks(f)
-                          if name not in other), end='')
+                          if name not in out), end='')
     elif args.command == 'pins':
         print(''.join(f'{n}=={v}\n' for n, v in sorted(pins.items())),
               end='')
