@@ -338,11 +338,11 @@ print('ENV ' + json.dumps(info))
                 ('train_sar_fp16', lambda: self.step_train(
                     'train_sar_fp16', PAPER_SAR, True, 'float16')),
                 ('resume_sar', self.step_resume),
+                ('train_sar_bf16', lambda: self.step_train(
+                    'train_sar_bf16', PAPER_SAR, True, 'bfloat16')),
                 ('test', self.step_test),
                 ('dist', self.step_dist),
                 ('overhead', self.step_overhead),
-                ('train_sar_bf16', lambda: self.step_train(
-                    'train_sar_bf16', PAPER_SAR, True, 'bfloat16')),
                 ('train_baseline_fp32', lambda: self.step_train(
                     'train_baseline_fp32', PAPER_BASELINE, False))):
             self.guarded(name, step)

@@ -23,7 +23,7 @@ PY = sys.executable
 PY0 = osp.join(ROOT, '.venv', 'bin', 'python')  # make install's, mmseg 0.30
 DEVICE = osp.join(ROOT, '.device')
 STEPS = ['env', 'data', 'train_sar_fp32', 'train_sar_fp16', 'resume_sar',
-         'test', 'dist', 'overhead', 'train_sar_bf16', 'train_baseline_fp32']
+         'train_sar_bf16', 'test', 'dist', 'overhead', 'train_baseline_fp32']
 
 
 def run(args, **env):
