@@ -5,8 +5,8 @@ training. Each shim below names the change it answers; each is idempotent
 and is exercised by the suite's real runs (tests/mmseg1x/test_runner.py:
 two CPU ranks, resume, tools/test.py on the runner's checkpoints, the
 baseline twins) and tests/mmseg1x/test_compat_1x.py. Shims 1-3 change
-nothing where the original code already works (a CUDA device present,
-torch < 2.6); shim 4 acts only on SAR checkpoints loaded into models
+nothing where the original code already works (a CUDA device for each
+rank, torch < 2.6); shim 4 acts only on SAR checkpoints loaded into models
 without SAR, shim 5 only on SAR's own log keys, shim 6 only where
 mmengine's scope table names a distribution that is not installed (OneDL's
 fork). They act on mmengine
@@ -14,8 +14,10 @@ itself, so they serve every config whose ``custom_imports`` imports
 ``sar`` (the SAR configs and their baseline twins), run by mmseg's own
 ``tools/train.py`` and ``tools/test.py``.
 """
+import contextlib
 import functools
 import logging
+import os
 import pickle
 import warnings
 
@@ -66,11 +68,34 @@ def _no_accelerator():
 
 
 # --------------------------------------------------------------------------
-# Shim 1: CPU distributed init (mmengine 0.10, --launcher pytorch).
-# mmengine's _init_dist_pytorch calls torch.cuda.set_device(LOCAL_RANK)
-# unconditionally ("Found no NVIDIA driver"), and mmseg's default runtime
-# asks for the NCCL backend, which needs CUDA. Without an accelerator we
-# skip the device pinning and use gloo.
+# Shim 1: distributed init beyond the devices (mmengine 0.10, --launcher
+# pytorch).
+# (a) mmengine's _init_dist_pytorch calls torch.cuda.set_device(LOCAL_RANK)
+#     unconditionally ("Found no NVIDIA driver"), and mmseg's default
+#     runtime asks for the NCCL backend, which needs CUDA. Without an
+#     accelerator we skip the device pinning and use gloo.
+# (b) With more ranks on a node than it has GPUs (two gloo ranks sharing one
+#     GPU), set_device(LOCAL_RANK) asks for a device that does not exist
+#     ("invalid device ordinal"). Such a rank gets device LOCAL_RANK % GPUs,
+#     as mmcv's init_dist does for mmseg 0.30; mmengine's own code runs
+#     with that number in place of LOCAL_RANK.
+@contextlib.contextmanager
+def _local_rank_as(device):
+    """``LOCAL_RANK`` reads ``device`` inside, and what it was after."""
+    saved = os.environ['LOCAL_RANK']
+    os.environ['LOCAL_RANK'] = str(device)
+    try:
+        yield
+    finally:
+        os.environ['LOCAL_RANK'] = saved
+
+
+def cuda_device_of_rank():
+    """The CUDA device a rank of this node uses: LOCAL_RANK, or LOCAL_RANK
+    modulo the node's GPUs where it has fewer GPUs than ranks."""
+    return int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()
+
+
 def _patch_init_dist():
     from mmengine.dist import utils
     original = utils._init_dist_pytorch
@@ -80,7 +105,9 @@ def _patch_init_dist():
     @functools.wraps(original)
     def init_dist_pytorch(backend, init_backend='torch', **kwargs):
         if init_backend != 'torch' or not _no_accelerator():
-            return original(backend, init_backend=init_backend, **kwargs)
+            with _on_the_ranks_gpu():
+                return original(backend, init_backend=init_backend,
+                                **kwargs)
         if backend != 'gloo':
             warnings.warn(f'sar: no CUDA device, using the gloo backend '
                           f'instead of {backend!r}')
@@ -90,8 +117,20 @@ def _patch_init_dist():
     utils._init_dist_pytorch = init_dist_pytorch
 
 
+def _on_the_ranks_gpu():
+    """Where a rank's LOCAL_RANK names a GPU the node lacks: LOCAL_RANK
+    reads the device it uses (:func:`cuda_device_of_rank`) inside."""
+    if 'LOCAL_RANK' in os.environ and torch.cuda.is_available() and \
+            torch.cuda.device_count() > 0:
+        device = cuda_device_of_rank()
+        if device != int(os.environ['LOCAL_RANK']):
+            return _local_rank_as(device)
+    return contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------
-# Shim 2: DDP of a CPU model (mmengine 0.10's Runner.wrap_model).
+# Shim 2: DDP of a CPU model, and of a rank beyond the GPUs (mmengine 0.10's
+# Runner.wrap_model).
 # (a) Without a model_wrapper_cfg, wrap_model passes
 #     device_ids=[LOCAL_RANK], which torch's DDP refuses for a module on
 #     the CPU ("device_ids and output_device arguments only work with
@@ -103,6 +142,10 @@ def _patch_init_dist():
 # Without an accelerator the model is reverted to plain BN, as mmengine
 # does for one process, and wrapped with device_ids=None; the wrapper's
 # other settings (mmengine's defaults or the config's) are kept.
+# (c) On a rank beyond the node's GPUs (shim 1 (b)) the model is on device
+#     LOCAL_RANK % GPUs, the current one, while device_ids=[LOCAL_RANK]
+#     names another: mmengine's wrap_model runs with the model's device in
+#     place of LOCAL_RANK.
 def _patch_wrap_model():
     from mmengine.runner import Runner
     original = Runner.wrap_model
@@ -112,9 +155,11 @@ def _patch_wrap_model():
     @functools.wraps(original)
     def wrap_model(self, model_wrapper_cfg, model):
         from mmengine.model import is_model_wrapper
-        if not self.distributed or is_model_wrapper(model) or \
-                not _no_accelerator():
+        if not self.distributed or is_model_wrapper(model):
             return original(self, model_wrapper_cfg, model)
+        if not _no_accelerator():
+            with _on_the_ranks_gpu():
+                return original(self, model_wrapper_cfg, model)
         return wrap_cpu_model(model, model_wrapper_cfg, self.cfg)
 
     wrap_model._sar_patched = True

@@ -265,3 +265,62 @@ def test_import_sar_names_the_fix_for_an_mmcv_without_ops():
     last = proc.stderr.strip().splitlines()[-1]
     assert 'without its compiled ops' in last, proc.stderr[-3000:]
     assert 'make install-mmseg1' in last
+
+
+@pytest.fixture
+def one_gpu_node(monkeypatch):
+    """Rank 1 of two on a node whose one GPU both share (the GPU check's
+    two gloo ranks), faked: what mmengine asks of CUDA is recorded."""
+    import mmengine.device
+    seen = {}
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(mmengine.device, 'get_device', lambda: 'cuda')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    monkeypatch.setattr(torch.cuda, 'set_device',
+                        lambda d: seen.setdefault('set_device', []).append(d))
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        lambda **kw: seen.update(init=kw))
+    return seen
+
+
+def test_a_rank_beyond_the_gpus_is_given_the_one_it_shares(one_gpu_node,
+                                                            monkeypatch):
+    import os
+
+    from mmengine.dist import utils
+    utils._init_dist_pytorch('gloo')
+    # mmengine asked for cuda:1, which does not exist ("invalid device
+    # ordinal"); as mmcv's init_dist does: LOCAL_RANK % GPUs.
+    assert one_gpu_node == dict(set_device=[0], init=dict(backend='gloo'))
+    assert os.environ['LOCAL_RANK'] == '1'  # as it was
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    utils._init_dist_pytorch('nccl')
+    assert one_gpu_node['set_device'] == [0, 1]  # one rank a GPU: as is
+
+
+def test_its_model_is_wrapped_on_the_device_it_is_on(one_gpu_node,
+                                                     monkeypatch):
+    import os
+    import types
+
+    from mmengine.config import Config
+    from mmengine.runner import Runner, runner
+    wrapped = []
+    monkeypatch.setattr(runner, 'get_device', lambda: 'cpu')  # no real GPU
+    monkeypatch.setattr(runner, 'MMDistributedDataParallel',
+                        lambda **kw: wrapped.append(kw) or kw['module'])
+    fake = types.SimpleNamespace(distributed=True, cfg=Config(dict()),
+                                 logger=None)
+    Runner.wrap_model(fake, None, torch.nn.Linear(2, 2))
+    # mmengine's own default wrapper, with the device the model is on
+    # (cuda:0) rather than LOCAL_RANK's cuda:1.
+    assert wrapped[0]['device_ids'] == [0]
+    assert wrapped[0]['broadcast_buffers'] is False
+    assert os.environ['LOCAL_RANK'] == '1'
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    Runner.wrap_model(fake, None, torch.nn.Linear(2, 2))
+    assert wrapped[1]['device_ids'] == [1]
