@@ -199,6 +199,18 @@ def test_the_budget_is_the_sum_of_the_step_limits(tmp_path):
     assert total < tool.GPU_BUDGET - 100
 
 
+def test_a_step_stopped_at_the_deadline_still_ends_by_it(tmp_path):
+    # A step's limit leaves its TERM grace (torchrun's 40 s for the ranks)
+    # and the report's seconds within the budget.
+    check = gpu_check.Check(tool.parse_args(
+        [str(tmp_path / 'out'), '--cpu', '--budget', '100', '--work-dir',
+         str(tmp_path / 'w')]))
+    assert check.limit('train') == pytest.approx(85, abs=1)
+    assert check.limit('dist') == pytest.approx(55, abs=1)
+    check.budget = gpu_check.Budget(50)
+    assert check.limit('dist') is None and check.limit('train') > 30
+
+
 def test_a_shared_deadline_caps_the_budget():
     import time
     assert gpu_check.Budget(100).left() == pytest.approx(100, abs=1)
@@ -265,6 +277,9 @@ def test_shell_entry_says_what_is_missing(tmp_path):
         assert proc.returncode != 0
         assert 'FAILED' in proc.stderr + proc.stdout  # sha256sum's verdict
         assert not (tmp_path / 'out').exists()
+    proc = run(['bash', 'tools/gpu_check.sh', '--stacks', 'mmseg2x',
+                str(tmp_path / 'out')])
+    assert proc.returncode == 2 and 'no stack named mmseg2x' in proc.stderr
     proc = run(['bash', 'tools/build_device_wheels.sh'],
                PYTHON312='/bin/false')
     assert proc.returncode == 2 and 'needs a Python 3.12' in proc.stderr
@@ -325,6 +340,35 @@ def test_a_terminated_check_stops_its_step_and_still_reports(tmp_path):
     left = subprocess.run(['pgrep', '-f', str(work)], capture_output=True,
                           text=True).stdout.split()
     assert left == []
+
+
+def test_a_terminated_stack_run_starts_no_later_check(tmp_path):
+    import signal
+    import time
+    out, work = tmp_path / 'out', tmp_path / 'work'
+    proc = subprocess.Popen(
+        [PY, 'tools/gpu_check.py', str(out), '--cpu', '--work-dir',
+         str(work), '--only', 'train_sar_fp32', '--stack', 'mmseg0x', PY,
+         '--stack', 'mmseg1x', PY], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    log = work / 'mmseg0x' / 'logs' / 'train_sar_fp32.log'
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert log.exists(), 'the training step never started'
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    report = json.loads((out / 'mmseg0x' / 'gpu_check.json').read_text())
+    assert report['interrupted'] and not report['passed']
+    assert not (out / 'mmseg1x').exists()
+
+
+def test_a_stack_must_be_the_generation_its_interpreter_has(tmp_path):
+    proc = run([PY, 'tools/gpu_check.py', str(tmp_path / 'out'), '--cpu',
+                '--expect-stack', 'mmseg1x'])
+    assert proc.returncode == 1
+    assert '--stack mmseg1x runs an interpreter with mmseg 0.x' in \
+        proc.stderr
 
 
 def test_the_wheel_set_replaces_only_what_it_wrote(tmp_path):

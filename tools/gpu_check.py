@@ -38,9 +38,11 @@ has their sum as its budget, and ``--budget`` caps it. The steps are
 ``--stack NAME PYTHON [SITE]`` (given once per generation, by
 tools/gpu_check.sh) runs the check of each named stack in turn, each with
 its interpreter and its folder of wheels first on the path, all within one
-budget: ``--budget``, or by default 560 s on the GPU (the device's 10
-minutes a command, less the wheels' install) and the sum of the CPU limits
-with ``--cpu``. A later generation gets what the earlier ones leave.
+budget counted from gpu_check.sh's start: ``--budget``, or by default 560 s
+on the GPU (the device's 10 minutes a command, with room for the wheels'
+install and a step stopped at the deadline) and the sum of the CPU limits
+with ``--cpu``. A later generation gets what the earlier ones leave. Each
+check makes sure its interpreter holds the generation it is named for.
 
 ``--cpu`` rehearses the same steps on the CPU in seconds-long sizes (64 px,
 2 iterations); fp16 and bf16 are then checked to be refused with a clear
@@ -79,8 +81,13 @@ def parse_args(argv=None):
                         help=f'check the stack NAME ({", ".join(STACKS)}) '
                         'with interpreter PYTHON and SITE first on its '
                         'path; once per stack, in the order given')
-    # Internal (--stack): wall-clock end of the shared budget.
+    # Internal: with --stack, where the budget starts (wall clock;
+    # gpu_check.sh's start, before the wheels' install); for a check run by
+    # --stack, the end of the shared budget and the stack it is to find.
+    parser.add_argument('--since', type=float, help=argparse.SUPPRESS)
     parser.add_argument('--deadline', type=float, help=argparse.SUPPRESS)
+    parser.add_argument('--expect-stack', choices=STACKS,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for stack in args.stack or ():
         if len(stack) not in (2, 3) or stack[0] not in STACKS:
@@ -92,10 +99,17 @@ def parse_args(argv=None):
     return args
 
 
-def glue():
-    """The check of the installed mmseg generation."""
+def glue(expect=None):
+    """The check of the installed mmseg generation; ``expect``: the stack
+    it must be (``--stack`` names the interpreter's stack)."""
     import sar
-    if sar.mmseg_generation() == 1:
+    generation = sar.mmseg_generation()
+    name = {0: 'mmseg0x', 1: 'mmseg1x'}.get(generation)
+    if expect and name != expect:
+        sys.exit(f'gpu_check: --stack {expect} runs an interpreter with '
+                 f'mmseg {generation}.x installed ({name or "no mmseg"}): '
+                 'give each stack its own interpreter or wheel folder')
+    if generation == 1:
         from sar.mmseg1x import gpu_check
     else:
         from sar.mmseg0x import gpu_check
@@ -116,13 +130,27 @@ def stack_budget(args):
 
 
 def drive(args):
-    """Each --stack's check in turn, as a child process, one deadline."""
-    deadline = time.time() + stack_budget(args)
-    codes = {}
+    """Each --stack's check in turn, as a child process, one deadline.
+
+    A TERM (the runner's limit) is passed to the running check, which
+    stops its step and writes its report; no later check starts, and the
+    exit status is 143."""
+    deadline = (args.since or time.time()) + stack_budget(args)
+    codes, state = {}, dict(child=None, terminated=False)
+
+    def on_term(*_):
+        if not state['terminated']:
+            state['terminated'] = True
+            if state['child'] is not None:
+                state['child'].terminate()
+
+    signal.signal(signal.SIGTERM, on_term)
     for name, python, *site in args.stack:
+        if state['terminated']:
+            break
         out = osp.join(args.out, name)
         cmd = [python, osp.join(ROOT, 'tools', 'gpu_check.py'), out,
-               '--deadline', str(deadline)]
+               '--deadline', str(deadline), '--expect-stack', name]
         cmd += ['--cpu'] if args.cpu else []
         if args.work_dir:
             cmd += ['--work-dir', osp.join(args.work_dir, name)]
@@ -133,27 +161,38 @@ def drive(args):
                                                           if p))
         print(f'[gpu_check] {name}: {deadline - time.time():.0f} s left '
               'of the budget', flush=True)
-        child = subprocess.Popen(cmd, env=env)
-        # A TERM to this process ends the running check through its own
-        # handler (its step stopped, its report written), then this one.
-        signal.signal(signal.SIGTERM, lambda *_: child.terminate())
-        codes[name] = child.wait()
-        if codes[name] == 143:
-            sys.exit(143)
+        state['child'] = subprocess.Popen(cmd, env=env)
+        if state['terminated']:  # a TERM before the child existed
+            state['child'].terminate()
+        codes[name] = state['child'].wait()
+        state['child'] = None
+        if codes[name] < 0 or codes[name] == 143:
+            state['terminated'] = True
+    if state['terminated']:
+        print('[gpu_check] terminated', flush=True)
+        return 143
     print('[gpu_check] ' + ', '.join(
         f'{name} {"passed" if code == 0 else "FAILED"}'
         for name, code in codes.items()))
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
+def on_term_exit(*_):
+    """A check's TERM: ends it through its finally (the running step
+    stopped, the report written); a second TERM, as a whole process group
+    gets, is ignored rather than breaking into that stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    # A TERM (a runner's time limit) ends the check through its finally:
-    # the running step is stopped and the report and logs are written.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.stack:
         sys.exit(drive(args))
-    gpu_check = glue()
+    # A TERM (a runner's time limit) ends the check through its finally:
+    # the running step is stopped and the report and logs are written.
+    signal.signal(signal.SIGTERM, on_term_exit)
+    gpu_check = glue(args.expect_stack)
     check = gpu_check.Check(args)
     code = check.run()
     print(gpu_check.format_report(check.report), end='')

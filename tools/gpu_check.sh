@@ -21,26 +21,40 @@
 # build_device_wheels.sh left in .device/wheels/twin: Python 3.12, torch
 # 2.11 and the machine's other packages, so the rehearsal installs and
 # imports exactly what the machine will. Further arguments go to gpu_check.py
-# (--budget SECONDS for both generations, --only STEP ..., --work-dir DIR).
+# (--budget SECONDS for both generations, counted from this script's start;
+# --only STEP ...; --work-dir DIR). --stacks "mmseg1x" (or "mmseg1x
+# mmseg0x") checks only those generations, in that order; only their sets
+# are needed.
 set -euo pipefail
 
+START="$(date +%s)"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE=()
-if [ "${1:-}" = --cpu ]; then
-    MODE=(--cpu)
-    shift
-fi
-if [ $# -lt 1 ]; then
-    echo "usage: bash tools/gpu_check.sh [--cpu] OUT [gpu_check.py options]" >&2
+STACKS=(mmseg0x mmseg1x)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --cpu) MODE=(--cpu); shift ;;
+        --stacks) read -r -a STACKS <<<"${2:-}"; shift 2 || shift ;;
+        *) break ;;
+    esac
+done
+if [ $# -lt 1 ] || [ ${#STACKS[@]} -eq 0 ]; then
+    echo "usage: bash tools/gpu_check.sh [--cpu] [--stacks \"mmseg0x mmseg1x\"] OUT" \
+         "[gpu_check.py options]" >&2
     exit 2
 fi
 OUT="$1"
 shift
-WHEELS="${SAR_DEVICE_WHEELS:-$ROOT/.device/wheels}"
-WHEELS1="${SAR_DEVICE_WHEELS_MMSEG1:-$ROOT/.device/wheels-mmseg1}"
-for set in "$WHEELS" "$WHEELS1"; do
-    if [ ! -f "$set/SHA256SUMS" ]; then
-        echo "gpu_check: no wheels in $set: run 'bash tools/build_device_wheels.sh'" \
+declare -A SET=(
+    [mmseg0x]="${SAR_DEVICE_WHEELS:-$ROOT/.device/wheels}"
+    [mmseg1x]="${SAR_DEVICE_WHEELS_MMSEG1:-$ROOT/.device/wheels-mmseg1}")
+for stack in "${STACKS[@]}"; do
+    if [ -z "${SET[$stack]+set}" ]; then
+        echo "gpu_check: no stack named $stack (mmseg0x, mmseg1x)" >&2
+        exit 2
+    fi
+    if [ ! -f "${SET[$stack]}/SHA256SUMS" ]; then
+        echo "gpu_check: no wheels in ${SET[$stack]}: run 'bash tools/build_device_wheels.sh'" \
              "on a machine with a package index, then carry .device" >&2
         exit 2
     fi
@@ -48,9 +62,10 @@ done
 if [ -n "${PYTHON:-}" ]; then
     PY="$PYTHON"
 elif [ ${#MODE[@]} -gt 0 ]; then
-    PY="$(cat "$WHEELS/twin" 2>/dev/null || true)/bin/python"
+    TWIN_FILE="${SET[${STACKS[0]}]}/twin"
+    PY="$(cat "$TWIN_FILE" 2>/dev/null || true)/bin/python"
     if [ ! -x "$PY" ]; then
-        echo "gpu_check --cpu: no twin virtualenv ($WHEELS/twin): run" \
+        echo "gpu_check --cpu: no twin virtualenv ($TWIN_FILE): run" \
              "'bash tools/build_device_wheels.sh' first" >&2
         exit 2
     fi
@@ -70,12 +85,26 @@ install() {
         --no-compile --no-cache-dir --target "$site" "${listed[@]}"
     echo "[gpu_check] installed ${#listed[@]} wheels of $set"
 }
-# Both sets checked before either is installed.
-(cd "$WHEELS" && sha256sum --quiet -c SHA256SUMS)
-(cd "$WHEELS1" && sha256sum --quiet -c SHA256SUMS)
-start=$SECONDS
-install "$WHEELS"
-install "$WHEELS1"
-echo "[gpu_check] installed both sets in $((SECONDS - start)) s"
-"$PY" "$ROOT/tools/gpu_check.py" "$OUT" "${MODE[@]}" \
-    --stack mmseg0x "$PY" "${SITES[0]}" --stack mmseg1x "$PY" "${SITES[1]}" "$@"
+# Every set checked before any is installed.
+for stack in "${STACKS[@]}"; do
+    (cd "${SET[$stack]}" && sha256sum --quiet -c SHA256SUMS)
+done
+ARGS=()
+for stack in "${STACKS[@]}"; do
+    install "${SET[$stack]}"
+    ARGS+=(--stack "$stack" "$PY" "${SITES[-1]}")
+done
+echo "[gpu_check] installed in $(($(date +%s) - START)) s"
+# In the background, so that a TERM to this script reaches the check (which
+# stops its step and writes its report) before the folders go.
+"$PY" "$ROOT/tools/gpu_check.py" "$OUT" "${MODE[@]}" --since "$START" \
+    "${ARGS[@]}" "$@" &
+CHECK=$!
+trap 'kill -TERM "$CHECK" 2>/dev/null || true' TERM INT
+status=0
+wait "$CHECK" || status=$?
+if kill -0 "$CHECK" 2>/dev/null; then  # the wait was cut by the TERM
+    status=0
+    wait "$CHECK" || status=$?
+fi
+exit "$status"

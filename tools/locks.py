@@ -136,7 +136,7 @@ def main(argv=None):
         keep = {normalise(n) for n in args.keep}
         out = set(read_pins(args.minus)) - keep
         out |= {normalise(n) for n in args.drop}
-        missing = keep - set(pins)
+        missing = (keep | {normalise(n) for n in args.drop}) - set(pins)
         if missing:
             sys.exit(f'{args.lock} pins no {", ".join(sorted(missing))}')
         with open(args.lock) as f:

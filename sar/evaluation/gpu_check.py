@@ -99,11 +99,22 @@ def free_port():
         return str(s.getsockname()[1])
 
 
-def stop(proc):
+# Seconds a step's processes get to end on TERM before the KILL: torchrun
+# (the dist steps) ends its workers within its own 30 s; a tool in one
+# process ends at once. A step's limit leaves its grace and FINISH_S (the
+# report and the logs' archive) within the budget, so that a check stopped
+# at its deadline still ends by it.
+STOP_GRACE_S = dict(dist=40)
+DEFAULT_GRACE_S = 10
+FINISH_S = 5
+
+
+def stop(proc, grace=DEFAULT_GRACE_S):
     """End a step's process group: TERM first, since torchrun starts its
     workers in sessions of their own and ends them on TERM (within its own
-    30 s), which a KILL of the group would leave running."""
-    for sig, wait in ((signal.SIGTERM, 40), (signal.SIGKILL, None)):
+    30 s), which a KILL of the group would leave running; KILL after
+    ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -115,10 +126,14 @@ def stop(proc):
             continue
 
 
-def run_logged(args, log_path, limit, env=None):
-    """Run ``args`` in the checkout (ROOT), all output to ``log_path``; kill
-    the whole process group after ``limit`` seconds. Returns (returncode or
-    None on timeout, seconds)."""
+def grace(kind):
+    return STOP_GRACE_S.get(kind, DEFAULT_GRACE_S)
+
+
+def run_logged(args, log_path, limit, env=None, grace=DEFAULT_GRACE_S):
+    """Run ``args`` in the checkout (ROOT), all output to ``log_path``; stop
+    the whole process group after ``limit`` seconds (:func:`stop`, with
+    ``grace``). Returns (returncode or None on timeout, seconds)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
     start = time.monotonic()
     with open(log_path, 'w') as log:
@@ -130,11 +145,11 @@ def run_logged(args, log_path, limit, env=None):
         try:
             rc = proc.wait(timeout=max(limit, 1))
         except subprocess.TimeoutExpired:
-            stop(proc)
+            stop(proc, grace)
             rc = None
             log.write(f'\n[gpu_check] stopped after {limit:.0f} s\n')
         except BaseException:  # the check itself is stopped: so is the step
-            stop(proc)
+            stop(proc, grace)
             raise
     return rc, round(time.monotonic() - start, 1)
 
@@ -171,6 +186,51 @@ def pulling_start(ckpt, dst, seed=0):
     state[prefix + 'iters_since_init'] = torch.tensor(0)
     torch.save(dict(state_dict=state, meta={}), dst)
     return dst
+
+
+def read_probes(work, ranks=2):
+    """What each rank's probe (tests/plugins/sar_rank_probe*.py) wrote in
+    ``work``, None for a rank that wrote nothing."""
+    import torch
+    return [torch.load(path, map_location='cpu', weights_only=False)
+            if osp.isfile(path) else None
+            for path in (osp.join(work, f'rank{r}.pth')
+                         for r in range(ranks))]
+
+
+def judge_ranks(probes, iters, pulled, per_rank=()):
+    """(checks, results) of a two-rank run from its ranks' probes.
+
+    The SAR state both ranks hold must be the same keys, bit for bit, but
+    for those matching ``per_rank`` (statistics kept per rank). With
+    ``pulled`` (a start with S set), every rank pulled in each of its
+    ``iters`` iterations: its counter, and a positive pull loss in every
+    iteration of its log.
+    """
+    import torch
+    r0, r1 = probes
+    state, other = r0['sar_state'], r1['sar_state']
+    shared = [k for k in state if not any(p in k for p in per_rank)]
+    differ = [k for k in shared
+              if k in other and not torch.equal(state[k], other[k])]
+    pulls = [[step['decode.loss_sar_pull'] for step in r['losses']]
+             for r in probes]
+    checks = dict(
+        two_ranks=(r0['world'], r1['world']) == (2, 2),
+        same_log_keys=r0['keys'] == r1['keys'],
+        sar_state_bit_identical=bool(shared) and not differ
+        and set(state) == set(other))
+    if pulled:
+        checks['pull_ran_on_both_ranks'] = all(
+            int(r['sar_state']['0.iters_since_init']) == iters
+            and len(p) == iters and all(v > 0 for v in p)
+            for r, p in zip(probes, pulls))
+    results = dict(
+        compared=shared, differing=differ, pull_losses=pulls,
+        gate_opened=bool(state.get('0.initialised', False)),
+        iters_since_init=int(state.get('0.iters_since_init', 0)),
+        rank_seeds=[r0['seed'], r1['seed']])
+    return checks, results
 
 
 def summarize_training(rows, sar):
@@ -214,9 +274,13 @@ class CheckBase:
     def __init__(self, args):
         self.args = args
         self.sizes = self.CPU if args.cpu else self.GPU
+        # Checked alone: the sum of its limits, or --budget. Run by
+        # --stack: until the deadline that the stacks share.
+        deadline = getattr(args, 'deadline', None)
         self.budget = Budget(
-            args.budget or default_budget(self.sizes, self.TRAIN_STEPS),
-            getattr(args, 'deadline', None))
+            args.budget or (math.inf if deadline is not None else
+                            default_budget(self.sizes, self.TRAIN_STEPS)),
+            deadline)
         self.out = osp.abspath(args.out)
         os.makedirs(self.out, exist_ok=True)
         self.own_work = args.work_dir is None
@@ -228,6 +292,8 @@ class CheckBase:
         self.report = dict(mode='cpu-rehearsal' if args.cpu else 'gpu',
                            started=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
                            command=' '.join(sys.argv), sizes=self.sizes,
+                           budget_s=round(self.budget.left(), 1),
+                           deadline=getattr(args, 'deadline', None),
                            env={}, steps={})
         self.py = sys.executable
 
@@ -244,8 +310,9 @@ class CheckBase:
         return not only or any(name.startswith(o) for o in only)
 
     def limit(self, kind):
-        """Seconds for the next step, or None when the budget is spent."""
-        left = self.budget.left()
+        """Seconds for the next step, or None when the budget is spent: what
+        is left of it less the step's stop grace and the report's time."""
+        left = self.budget.left() - grace(kind) - FINISH_S
         if left < 10:
             return None
         return min(self.sizes['limits'][kind], left)
@@ -258,7 +325,7 @@ class CheckBase:
             self.record(name, ok=False, skipped='the time budget was spent')
             return None
         log = osp.join(self.logs, f'{name}.log')
-        rc, seconds = run_logged(args, log, limit, env)
+        rc, seconds = run_logged(args, log, limit, env, grace(kind))
         return rc, seconds, log
 
     # --- steps --------------------------------------------------------------
@@ -282,7 +349,8 @@ class CheckBase:
         if smi:
             proc = subprocess.run(
                 [smi, '--query-gpu=name,driver_version,memory.total',
-                 '--format=csv,noheader'], capture_output=True, text=True)
+                 '--format=csv,noheader'], capture_output=True, text=True,
+                timeout=30)
             info['nvidia_smi'] = proc.stdout.strip()
         self.report['env'] = info
         checks = dict(imports=rc == 0)

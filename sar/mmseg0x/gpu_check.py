@@ -20,8 +20,9 @@ import os.path as osp
 
 from ..evaluation.gpu_check import (PROBE_PLUGINS, ROOT, SIZES,  # noqa: F401
                                     Budget, CheckBase, default_budget,
-                                    format_report, free_port, pulling_start,
-                                    run_logged, summarize_training, tail)
+                                    format_report, free_port, judge_ranks,
+                                    pulling_start, read_probes, run_logged,
+                                    summarize_training, tail)
 
 PAPER_SAR = 'configs/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
 PAPER_BASELINE = 'configs/baseline/fcn_hr48_4xb4-160k_ade20k-512x512.py'
@@ -226,43 +227,20 @@ print('ENV ' + json.dumps(info))
         if ran is None:
             return
         rc, seconds, log = ran
-        import torch
-        probes = []
-        for r in range(2):
-            f = osp.join(work, f'rank{r}.pth')
-            probes.append(torch.load(f, map_location='cpu')
-                          if osp.isfile(f) else None)
+        probes = read_probes(work)
         checks = dict(exit_0=rc == 0, both_ranks_wrote=all(probes))
         results = {}
         if all(probes):
-            r0, r1 = probes
-            state = r0['sar_state']
             # On the CPU SyncBN is reverted to BN and mmseg's DDP does not
             # broadcast buffers: the projector's running statistics are per
-            # rank there. On the GPU, SyncBN: everything must agree.
-            shared = [k for k in state if not (
-                self.args.cpu and 'projector.norm' in k)]
-            differ = [k for k in shared
-                      if not torch.equal(state[k], r1['sar_state'][k])]
-            pulls = [[step['decode.loss_sar_pull'] for step in r['losses']]
-                     for r in probes]
-            checks.update(
-                two_ranks=(r0['world'], r1['world']) == (2, 2),
-                same_log_keys=r0['keys'] == r1['keys'],
-                sar_state_bit_identical=bool(shared) and not differ)
-            if start:
-                # The counter is per rank (and compared above); the logged
-                # losses are means over the ranks.
-                checks['pull_ran_on_both_ranks'] = all(
-                    int(r['sar_state']['0.iters_since_init']) == iters
-                    for r in probes) and all(p > 0 for p in pulls[0])
-            results = dict(
-                compared=shared, differing=differ,
+            # rank there. On the GPU, SyncBN: everything must agree. Each
+            # rank's logged losses are means over the ranks.
+            judged, results = judge_ranks(
+                probes, iters, pulled=bool(start),
+                per_rank=('projector.norm', ) if self.args.cpu else ())
+            checks.update(judged)
+            results.update(
                 started_from=start and 'train_sar_fp32 with S set',
-                pull_losses=pulls,
-                gate_opened=bool(state.get('0.initialised', False)),
-                iters_since_init=int(state.get('0.iters_since_init', 0)),
-                rank_seeds=[r0['seed'], r1['seed']],
                 backend='gloo (CUDA tensors)' if not self.args.cpu
                 else 'gloo (CPU)')
         self.record('dist', seconds=seconds, checks=checks, results=results,

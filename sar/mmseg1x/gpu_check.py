@@ -21,7 +21,8 @@ import shutil
 
 from ..evaluation.gpu_check import (PROBE_PLUGINS, ROOT, SIZES,  # noqa: F401
                                     CheckBase, format_report, free_port,
-                                    pulling_start, summarize_training, tail)
+                                    judge_ranks, pulling_start, read_probes,
+                                    summarize_training, tail)
 from .runs import train_log
 
 PAPER_SAR = 'configs/mmseg1x/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
@@ -105,12 +106,6 @@ def loss_scale(ckpt):
     state = torch.load(ckpt, map_location='cpu', weights_only=False)
     scaler = (state.get('optimizer') or {}).get('loss_scaler') or {}
     return scaler.get('scale')
-
-
-def read_probe(path):
-    import torch
-    return torch.load(path, map_location='cpu', weights_only=False) \
-        if osp.isfile(path) else None
 
 
 def judge_resume(probe, start, more, fp16=False, saved_scale=None):
@@ -203,7 +198,8 @@ print('ENV ' + json.dumps(info))
                 scale is not None and math.isfinite(scale))
         self.record(name, seconds=seconds, checks=checks, results=summary,
                     log_tail='' if all(checks.values()) else tail(log))
-        if checks['checkpoint_written'] and amp in (None, 'float16'):
+        if sar and checks['checkpoint_written'] and \
+                amp in (None, 'float16'):
             self.trained[amp or 'float32'] = (cfg, work, ckpt)
 
     def step_resume(self):
@@ -230,7 +226,7 @@ print('ENV ' + json.dumps(info))
         if ran is None:
             return
         rc, seconds, log = ran
-        probe = read_probe(osp.join(work, 'rank0.pth'))
+        probe = read_probes(work, ranks=1)[0]
         checks, results = judge_resume(
             probe, start, more, fp16=bool(amp),
             saved_scale=loss_scale(ckpt) if amp else None)
@@ -257,14 +253,17 @@ print('ENV ' + json.dumps(info))
         metric = {}
         # mmseg 1.x's test.py saves the metrics (percent) in a timestamped
         # folder, beside its log.
-        for path in glob.glob(osp.join(work, '*', '*.json')):
-            with open(path) as f:
+        saved = glob.glob(osp.join(work, '*', '*.json'))
+        if len(saved) == 1:
+            with open(saved[0]) as f:
                 metric = json.load(f)
-        miou = metric.get('mIoU')
-        checks = dict(exit_0=rc == 0, miou_in_range=miou is not None
-                      and 0.0 <= miou <= 100.0)
+        miou, acc = metric.get('mIoU'), metric.get('aAcc')
+        checks = dict(exit_0=rc == 0, one_result_saved=len(saved) == 1,
+                      miou_in_range=miou is not None
+                      and 0.0 <= miou <= 100.0,
+                      pixels_classified=acc is not None and 0.0 < acc <= 100)
         self.record('test', seconds=seconds, checks=checks,
-                    results=dict(mIoU=miou, aAcc=metric.get('aAcc'),
+                    results=dict(mIoU=miou, aAcc=acc,
                                  note='percent; a plumbing check on '
                                  'generated data after '
                                  f'{self.sizes["iters"]} iterations, not an '
@@ -291,36 +290,20 @@ print('ENV ' + json.dumps(info))
         if ran is None:
             return
         rc, seconds, log = ran
-        import torch
-        probes = [read_probe(osp.join(work, f'rank{r}.pth'))
-                  for r in range(2)]
+        probes = read_probes(work)
         checks = dict(exit_0=rc == 0, both_ranks_wrote=all(probes))
         results = {}
         if all(probes):
-            r0, r1 = probes
-            state = r0['sar_state']
-            # Everything SAR holds must agree, the projector's SyncBN (BN
-            # on the CPU, where mmengine's wrapper broadcasts buffers)
-            # statistics included.
-            differ = [k for k in state
-                      if not torch.equal(state[k], r1['sar_state'][k])]
-            pulls = [[step['decode.loss_sar_pull'] for step in r['losses']]
-                     for r in probes]
-            checks.update(
-                two_ranks=(r0['world'], r1['world']) == (2, 2),
-                same_log_keys=r0['keys'] == r1['keys'],
-                sar_state_bit_identical=bool(state) and not differ)
-            if start:
-                checks['pull_ran_on_both_ranks'] = all(
-                    int(r['sar_state']['0.iters_since_init']) == iters
-                    for r in probes) and all(p > 0 for p in pulls[0])
-            results = dict(
-                compared=sorted(state), differing=differ,
+            # Everything SAR holds must agree, the projector's (Sync)BN
+            # statistics included: mmengine's wrapper does not broadcast
+            # buffers, but the projector's batch, the anchors, is the same
+            # on every rank. Each rank logs its own losses (mmengine does
+            # not average them).
+            judged, results = judge_ranks(probes, iters, pulled=bool(start))
+            checks.update(judged)
+            results.update(
                 started_from=start and 'train_sar_fp32 with S set',
-                pull_losses=pulls, wrapper=r0['wrapper'], norms=r0['norms'],
-                gate_opened=bool(state.get('0.initialised', False)),
-                iters_since_init=int(state.get('0.iters_since_init', 0)),
-                rank_seeds=[r0['seed'], r1['seed']],
+                wrapper=probes[0]['wrapper'], norms=probes[0]['norms'],
                 backend='gloo (CUDA tensors)' if not self.args.cpu
                 else 'gloo (CPU)')
         self.record('dist', seconds=seconds, checks=checks, results=results,

@@ -156,15 +156,12 @@ def test_both_generations_share_one_budget(tmp_path):
                for name in ('mmseg0x', 'mmseg1x')}
     assert reports['mmseg0x']['env']['mmseg'] == '0.30.0'
     assert reports['mmseg1x']['env']['mmseg'].startswith('1.')
-    assert [list(r['steps']) for r in reports.values()] == [['env', 'data']] * 2
-    # A budget the first spends leaves the second nothing: it fails.
-    proc = run([PY, 'tools/gpu_check.py', str(tmp_path / 'short'), '--cpu',
-                '--only', 'env', '--budget', '12', '--stack', 'mmseg0x', PY0,
-                '--stack', 'mmseg1x', PY])
-    assert proc.returncode == 1
-    late = json.loads((tmp_path / 'short' / 'mmseg1x' /
-                       'gpu_check.json').read_text())
-    assert late['steps']['env']['skipped'] == 'the time budget was spent'
+    for report in reports.values():
+        assert list(report['steps']) == ['env', 'data']
+    # One deadline: the second check had what the first left of it.
+    zero, one = reports['mmseg0x'], reports['mmseg1x']
+    assert zero['deadline'] == one['deadline'] is not None
+    assert one['budget_s'] <= zero['budget_s'] - zero['elapsed_s'] + 1
 
 
 def twin_built():
