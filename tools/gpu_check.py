@@ -106,9 +106,11 @@ def glue(expect=None):
     generation = sar.mmseg_generation()
     name = {0: 'mmseg0x', 1: 'mmseg1x'}.get(generation)
     if expect and name != expect:
+        found = f'mmseg {generation}.x' if generation is not None \
+            else 'no mmseg'
         sys.exit(f'gpu_check: --stack {expect} runs an interpreter with '
-                 f'mmseg {generation}.x installed ({name or "no mmseg"}): '
-                 'give each stack its own interpreter or wheel folder')
+                 f'{found} installed: give each stack its own interpreter '
+                 'or wheel folder')
     if generation == 1:
         from sar.mmseg1x import gpu_check
     else:
@@ -166,7 +168,7 @@ def drive(args):
             state['child'].terminate()
         codes[name] = state['child'].wait()
         state['child'] = None
-        if codes[name] < 0 or codes[name] == 143:
+        if codes[name] in (143, -signal.SIGTERM):
             state['terminated'] = True
     if state['terminated']:
         print('[gpu_check] terminated', flush=True)

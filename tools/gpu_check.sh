@@ -97,14 +97,16 @@ done
 echo "[gpu_check] installed in $(($(date +%s) - START)) s"
 # In the background, so that a TERM to this script reaches the check (which
 # stops its step and writes its report) before the folders go.
+CHECK=
+trap '[ -n "$CHECK" ] && kill -TERM "$CHECK" 2>/dev/null || true' TERM INT
 "$PY" "$ROOT/tools/gpu_check.py" "$OUT" "${MODE[@]}" --since "$START" \
     "${ARGS[@]}" "$@" &
 CHECK=$!
-trap 'kill -TERM "$CHECK" 2>/dev/null || true' TERM INT
 status=0
 wait "$CHECK" || status=$?
-if kill -0 "$CHECK" 2>/dev/null; then  # the wait was cut by the TERM
+# A TERM cuts a wait short: wait again until the check has ended.
+while kill -0 "$CHECK" 2>/dev/null; do
     status=0
     wait "$CHECK" || status=$?
-fi
+done
 exit "$status"

@@ -113,17 +113,22 @@ def stop(proc, grace=DEFAULT_GRACE_S):
     """End a step's process group: TERM first, since torchrun starts its
     workers in sessions of their own and ends them on TERM (within its own
     30 s), which a KILL of the group would leave running; KILL after
-    ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break  # ended by itself meanwhile
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    ``grace`` seconds. A TERM to the check meanwhile waits until the step
+    is gone (it would otherwise end this wait and skip the KILL)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break  # ended by itself meanwhile
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def grace(kind):
@@ -317,6 +322,14 @@ class CheckBase:
             return None
         return min(self.sizes['limits'][kind], left)
 
+    def spent(self, name, kind):
+        """Whether the budget is spent for a step of ``kind``; if so, the
+        step is recorded as skipped (before any of its own work)."""
+        if self.limit(kind) is None:
+            self.record(name, ok=False, skipped='the time budget was spent')
+            return True
+        return False
+
     def tool(self, name, args, kind, env=None):
         """Run a tool step; returns (rc, seconds, log path) or None if the
         budget was spent (recorded as skipped)."""
@@ -383,7 +396,7 @@ class CheckBase:
                                   self.data['root'], self.sizes, **kwargs)
 
     def step_overhead(self):
-        if not self.wanted('overhead'):
+        if not self.wanted('overhead') or self.spent('overhead', 'overhead'):
             return
         out = osp.join(self.work, 'overhead.json')
         args = [self.py, 'tools/benchmark_overhead.py', '--json', out,

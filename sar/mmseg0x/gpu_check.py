@@ -140,7 +140,7 @@ print('ENV ' + json.dumps(info))
 '''
 
     def step_train(self, name, src, sar, fp16):
-        if not self.wanted(name):
+        if not self.wanted(name) or self.spent(name, 'train'):
             return
         cfg = self.config(name, src, iters=self.sizes['iters'],
                           batch=self.sizes['batch'], fp16=fp16)
@@ -176,7 +176,7 @@ print('ENV ' + json.dumps(info))
             self.sar_checkpoint = (cfg, ckpt)
 
     def step_test(self):
-        if not self.wanted('test'):
+        if not self.wanted('test') or self.spent('test', 'test'):
             return
         if not getattr(self, 'sar_checkpoint', None):
             self.record('test', ok=False,
@@ -205,7 +205,7 @@ print('ENV ' + json.dumps(info))
                     log_tail='' if all(checks.values()) else tail(log))
 
     def step_dist(self):
-        if not self.wanted('dist'):
+        if not self.wanted('dist') or self.spent('dist', 'dist'):
             return
         iters = self.sizes['dist_iters']
         start = None
@@ -234,7 +234,8 @@ print('ENV ' + json.dumps(info))
             # On the CPU SyncBN is reverted to BN and mmseg's DDP does not
             # broadcast buffers: the projector's running statistics are per
             # rank there. On the GPU, SyncBN: everything must agree. Each
-            # rank's logged losses are means over the ranks.
+            # rank's logged losses are means over the ranks, the same on
+            # both: that rank 1 pulled shows in its own counter.
             judged, results = judge_ranks(
                 probes, iters, pulled=bool(start),
                 per_rank=('projector.norm', ) if self.args.cpu else ())

@@ -76,9 +76,10 @@ def _no_accelerator():
 #     accelerator we skip the device pinning and use gloo.
 # (b) With more ranks on a node than it has GPUs (two gloo ranks sharing one
 #     GPU), set_device(LOCAL_RANK) asks for a device that does not exist
-#     ("invalid device ordinal"). Such a rank gets device LOCAL_RANK % GPUs,
-#     as mmcv's init_dist does for mmseg 0.30; mmengine's own code runs
-#     with that number in place of LOCAL_RANK.
+#     ("invalid device ordinal"), and the Runner's logger looks LOCAL_RANK
+#     up among the visible GPUs (IndexError). Such a rank gets device
+#     LOCAL_RANK % GPUs, as mmcv's init_dist does for mmseg 0.30;
+#     mmengine's own code runs with that number in place of LOCAL_RANK.
 @contextlib.contextmanager
 def _local_rank_as(device):
     """``LOCAL_RANK`` reads ``device`` inside, and what it was after."""
@@ -115,6 +116,19 @@ def _patch_init_dist():
 
     init_dist_pytorch._sar_patched = True
     utils._init_dist_pytorch = init_dist_pytorch
+    # (b) also where the Runner's logger names the rank's GPU, later
+    # (CUDA_VISIBLE_DEVICES or the visible devices, indexed by LOCAL_RANK).
+    from mmengine.logging import logger
+    device_id = logger._get_device_id
+    if not getattr(device_id, '_sar_patched', False):
+
+        @functools.wraps(device_id)
+        def get_device_id():
+            with _on_the_ranks_gpu():
+                return device_id()
+
+        get_device_id._sar_patched = True
+        logger._get_device_id = get_device_id
 
 
 def _on_the_ranks_gpu():

@@ -167,7 +167,7 @@ print('ENV ' + json.dumps(info))
 '''
 
     def step_train(self, name, src, sar, amp=None):
-        if not self.wanted(name):
+        if not self.wanted(name) or self.spent(name, 'train'):
             return
         cfg = self.config(name, src, iters=self.sizes['iters'],
                           batch=self.sizes['batch'], amp=amp)
@@ -206,7 +206,8 @@ print('ENV ' + json.dumps(info))
         """Continue a run with ``--resume``, in a copy of its folder: the
         fp16 run on the GPU (its loss scale restored), the fp32 one on the
         CPU (no AMP there)."""
-        if not self.wanted('resume_sar'):
+        if not self.wanted('resume_sar') or self.spent('resume_sar',
+                                                       'resume'):
             return
         amp = None if self.args.cpu else 'float16'
         if (amp or 'float32') not in self.trained:
@@ -237,7 +238,7 @@ print('ENV ' + json.dumps(info))
                     log_tail='' if all(checks.values()) else tail(log))
 
     def step_test(self):
-        if not self.wanted('test'):
+        if not self.wanted('test') or self.spent('test', 'test'):
             return
         if 'float32' not in self.trained:
             self.record('test', ok=False,
@@ -261,7 +262,7 @@ print('ENV ' + json.dumps(info))
         checks = dict(exit_0=rc == 0, one_result_saved=len(saved) == 1,
                       miou_in_range=miou is not None
                       and 0.0 <= miou <= 100.0,
-                      pixels_classified=acc is not None and 0.0 < acc <= 100)
+                      accuracy_saved=acc is not None and 0.0 <= acc <= 100)
         self.record('test', seconds=seconds, checks=checks,
                     results=dict(mIoU=miou, aAcc=acc,
                                  note='percent; a plumbing check on '
@@ -271,7 +272,7 @@ print('ENV ' + json.dumps(info))
                     log_tail='' if all(checks.values()) else tail(log))
 
     def step_dist(self):
-        if not self.wanted('dist'):
+        if not self.wanted('dist') or self.spent('dist', 'dist'):
             return
         iters = self.sizes['dist_iters']
         start = None

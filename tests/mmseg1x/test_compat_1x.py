@@ -302,6 +302,20 @@ def test_a_rank_beyond_the_gpus_is_given_the_one_it_shares(one_gpu_node,
     assert one_gpu_node['set_device'] == [0, 1]  # one rank a GPU: as is
 
 
+def test_its_logger_names_the_gpu_it_shares(one_gpu_node, monkeypatch):
+    import os
+
+    from mmengine.logging import MMLogger
+    # The Runner builds its logger after init_dist, with LOCAL_RANK back
+    # at 1: mmengine looked it up among the one visible GPU (IndexError).
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    logger = MMLogger.get_instance('sar_rank1_probe', logger_name='probe')
+    assert logger.name == 'probe'
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0')
+    MMLogger.get_instance('sar_rank1_probe_visible')
+    assert os.environ['LOCAL_RANK'] == '1'
+
+
 def test_its_model_is_wrapped_on_the_device_it_is_on(one_gpu_node,
                                                      monkeypatch):
     import os
