@@ -238,6 +238,21 @@ def judge_ranks(probes, iters, pulled, per_rank=()):
     return checks, results
 
 
+def set_probe_and_start(cfg, probe=None, load_from=None):
+    """In a derived config of either generation (mmcv's or mmengine's
+    ``Config``): the rank probe module ``probe`` (tests/plugins) imported
+    with sar and its hook added, and a start from ``load_from``, a
+    checkpoint whose semantic anchors are set (:func:`pulling_start`), where
+    the pull runs in every step, not only once all anchors classify."""
+    if probe:
+        cfg.custom_imports = dict(imports=['sar', probe],
+                                  allow_failed_imports=False)
+        cfg.custom_hooks = [dict(type='SARRankProbeHook')]
+    if load_from:
+        cfg.load_from = load_from
+        cfg.model.decode_head.sar_loss.pull_mode = 'after_init'
+
+
 def summarize_training(rows, sar):
     keys = sorted(set().union(*(r.keys() for r in rows))) if rows else []
     losses = [v for r in rows for k, v in r.items()
@@ -344,8 +359,31 @@ class CheckBase:
     # --- steps --------------------------------------------------------------
 
     # The env step's probe, run by the check's interpreter: prints
-    # ``ENV {json}`` with the versions of the glue's stack.
-    ENV_CODE = None
+    # ``ENV {json}`` with the versions of the glue's stack (mmengine's
+    # under mmseg 1.x).
+    ENV_CODE = r'''
+import json, os, platform, torch
+import mmcv, mmseg, sar
+from mmcv.ops import get_compiler_version, get_compiling_cuda_version
+info = dict(python=platform.python_version(), torch=torch.__version__,
+            torch_cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cuda_available=torch.cuda.is_available(), mmcv=mmcv.__version__,
+            mmcv_ops_cuda=get_compiling_cuda_version(),
+            mmcv_ops_compiler=get_compiler_version(), mmseg=mmseg.__version__,
+            sar=sar.__version__, sar_path=os.path.dirname(sar.__file__),
+            cpus=os.cpu_count())
+if sar.mmseg_generation() == 1:
+    import mmengine
+    info['mmengine'] = mmengine.__version__
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                capability='%d.%d' % (p.major, p.minor),
+                gpu_count=torch.cuda.device_count(),
+                bf16_supported=torch.cuda.is_bf16_supported())
+print('ENV ' + json.dumps(info))
+'''
 
     def step_env(self):
         ran = self.tool('env', [self.py, '-c', self.ENV_CODE], 'env')

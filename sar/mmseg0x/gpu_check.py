@@ -22,7 +22,8 @@ from ..evaluation.gpu_check import (PROBE_PLUGINS, ROOT, SIZES,  # noqa: F401
                                     Budget, CheckBase, default_budget,
                                     format_report, free_port, judge_ranks,
                                     pulling_start, read_probes, run_logged,
-                                    summarize_training, tail)
+                                    set_probe_and_start, summarize_training,
+                                    tail)
 
 PAPER_SAR = 'configs/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
 PAPER_BASELINE = 'configs/baseline/fcn_hr48_4xb4-160k_ade20k-512x512.py'
@@ -72,21 +73,11 @@ def derive_config(src, dst, data_root, sizes, iters, batch, fp16=False,
         # As users of mixed precision write it; tools/train.py turns it into
         # mmseg 0.30's Fp16OptimizerHook (sar.mmseg0x.runtime.resolve_fp16).
         cfg.fp16 = dict(loss_scale='dynamic')
-    if probe:
-        cfg.custom_imports = dict(imports=['sar', 'sar_rank_probe'],
-                                  allow_failed_imports=False)
-        cfg.custom_hooks = [dict(type='SARRankProbeHook')]
     if gloo:
         cfg.dist_params = dict(backend='gloo')
-    if load_from:
-        # From a checkpoint whose semantic anchors are set (pulling_start):
-        # the pull runs in every step, not only once all anchors classify.
-        cfg.load_from = load_from
-        cfg.model.decode_head.sar_loss.pull_mode = 'after_init'
+    set_probe_and_start(cfg, probe and 'sar_rank_probe', load_from)
     cfg.dump(dst)
     return dst
-
-
 
 
 def train_log(work_dir):
@@ -117,27 +108,6 @@ class Check(CheckBase):
 
     GPU, CPU, TRAIN_STEPS = GPU, CPU, TRAIN_STEPS
     derive_config = staticmethod(derive_config)
-
-    # The env step's probe (sar.evaluation.gpu_check.CheckBase.step_env).
-    ENV_CODE = r'''
-import json, os, platform, torch
-import mmcv, mmseg, sar
-from mmcv.ops import get_compiler_version, get_compiling_cuda_version
-info = dict(python=platform.python_version(), torch=torch.__version__,
-            torch_cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            cuda_available=torch.cuda.is_available(), mmcv=mmcv.__version__,
-            mmcv_ops_cuda=get_compiling_cuda_version(),
-            mmcv_ops_compiler=get_compiler_version(), mmseg=mmseg.__version__,
-            sar=sar.__version__, sar_path=os.path.dirname(sar.__file__),
-            cpus=os.cpu_count())
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                capability='%d.%d' % (p.major, p.minor),
-                gpu_count=torch.cuda.device_count())
-print('ENV ' + json.dumps(info))
-'''
 
     def step_train(self, name, src, sar, fp16):
         if not self.wanted(name) or self.spent(name, 'train'):

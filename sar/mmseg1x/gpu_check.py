@@ -22,7 +22,8 @@ import shutil
 from ..evaluation.gpu_check import (PROBE_PLUGINS, ROOT, SIZES,  # noqa: F401
                                     CheckBase, format_report, free_port,
                                     judge_ranks, pulling_start, read_probes,
-                                    summarize_training, tail)
+                                    set_probe_and_start, summarize_training,
+                                    tail)
 from .runs import train_log
 
 PAPER_SAR = 'configs/mmseg1x/sar/sar_fcn_hr48_4xb4-160k_ade20k-512x512.py'
@@ -81,18 +82,10 @@ def derive_config(src, dst, data_root, sizes, iters, batch, amp=None,
             wrapper['loss_scale'] = 'dynamic' if init_scale is None else \
                 dict(init_scale=init_scale)
         cfg.optim_wrapper = wrapper
-    if probe:
-        cfg.custom_imports = dict(imports=['sar', PROBE],
-                                  allow_failed_imports=False)
-        cfg.custom_hooks = [dict(type='SARRankProbeHook')]
     if gloo:
         cfg.env_cfg.dist_cfg = dict(backend='gloo')
         cfg.randomness.diff_rank_seed = True
-    if load_from:
-        # From a checkpoint whose semantic anchors are set (pulling_start):
-        # the pull runs in every step, not only once all anchors classify.
-        cfg.load_from = load_from
-        cfg.model.decode_head.sar_loss.pull_mode = 'after_init'
+    set_probe_and_start(cfg, probe and PROBE, load_from)
     cfg.dump(dst)
     return dst
 
@@ -143,28 +136,6 @@ class Check(CheckBase):
 
     GPU, CPU, TRAIN_STEPS = GPU, CPU, TRAIN_STEPS
     derive_config = staticmethod(derive_config)
-    # The env step's probe (sar.evaluation.gpu_check.CheckBase.step_env).
-    ENV_CODE = r'''
-import json, os, platform, torch
-import mmcv, mmengine, mmseg, sar
-from mmcv.ops import get_compiler_version, get_compiling_cuda_version
-info = dict(python=platform.python_version(), torch=torch.__version__,
-            torch_cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            cuda_available=torch.cuda.is_available(), mmcv=mmcv.__version__,
-            mmcv_ops_cuda=get_compiling_cuda_version(),
-            mmcv_ops_compiler=get_compiler_version(),
-            mmengine=mmengine.__version__, mmseg=mmseg.__version__,
-            sar=sar.__version__, sar_path=os.path.dirname(sar.__file__),
-            cpus=os.cpu_count())
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                capability='%d.%d' % (p.major, p.minor),
-                gpu_count=torch.cuda.device_count(),
-                bf16_supported=torch.cuda.is_bf16_supported())
-print('ENV ' + json.dumps(info))
-'''
 
     def step_train(self, name, src, sar, amp=None):
         if not self.wanted(name) or self.spent(name, 'train'):
