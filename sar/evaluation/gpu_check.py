@@ -466,6 +466,17 @@ print('ENV ' + json.dumps(info))
                     log_tail='' if all(checks.values()) else tail(log))
 
     def steps(self):
+        """env (without its imports or GPU nothing else runs), data, then
+        the glue's steps in order, each guarded."""
+        if not self.guarded('env', self.step_env):
+            return
+        if self.guarded('data', self.step_data) is False:
+            return
+        for name, step in self.glue_steps():
+            self.guarded(name, step)
+
+    def glue_steps(self):
+        """(name, callable) of the glue's steps, in order."""
         raise NotImplementedError
 
     def run(self):
